@@ -1,0 +1,114 @@
+"""helpers.checkpoints: keys, files and the errors a reader gets for a wrong path."""
+import os
+import shutil
+
+import pytest
+import tensorflow as tf
+
+from helpers.checkpoints import (NotACheckpointError, checkpoint_files, checkpoint_keys,
+                                 open_checkpoint, read_object_graph)
+
+
+def test_keys_list_shapes_and_dtypes(trained):
+    manager, _ = trained
+    table = checkpoint_keys(manager.latest_checkpoint)
+    rows = {key: (shape, dtype) for key, shape, dtype in table}
+    assert rows["net/l1/_kernel/.ATTRIBUTES/VARIABLE_VALUE"] == ("[1, 5]", "float32")
+    assert rows["optimizer/_iterations/.ATTRIBUTES/VARIABLE_VALUE"] == ("[]", "int64")
+    assert rows["iterator/.ATTRIBUTES/ITERATOR_STATE"][1] == "variant"
+    assert table.column("key") == sorted(rows)
+    assert "net/l1/kernel/.ATTRIBUTES/VARIABLE_VALUE" not in rows  # Keras 3 stores `_kernel`
+
+
+def test_values_preview_skips_variant_tensors(trained):
+    manager, _ = trained
+    values = dict(zip(*[checkpoint_keys(manager.latest_checkpoint, values=True).column(c)
+                        for c in ("key", "value")]))
+    assert values["iterator/.ATTRIBUTES/ITERATOR_STATE"].startswith("(variant")
+    assert values["step/.ATTRIBUTES/VARIABLE_VALUE"] == "50"
+    assert values["optimizer/_learning_rate/.ATTRIBUTES/VARIABLE_VALUE"] == "0.1"
+    assert values["net/l1/bias/.ATTRIBUTES/VARIABLE_VALUE"].startswith("[")
+
+
+def test_table_prints_aligned_text_and_html(trained):
+    manager, _ = trained
+    table = checkpoint_keys(manager.latest_checkpoint)
+    lines = repr(table).splitlines()
+    assert lines[0].split() == ["key", "shape", "dtype"]
+    assert set(lines[1]) <= {"-", " "}
+    assert len(lines) == 2 + len(table)
+    assert table._repr_html_().count("<tr>") == 1 + len(table)
+
+
+def test_files_show_retention_and_roles(trained):
+    manager, _ = trained
+    table = checkpoint_files(os.path.dirname(manager.latest_checkpoint))
+    files = table.column("file")
+    assert "checkpoint" in files
+    assert sorted({p for p in table.column("prefix") if p != "-"}) == ["ckpt-3", "ckpt-4", "ckpt-5"]
+    roles = dict(zip(files, table.column("role")))
+    assert roles["ckpt-5.index"].startswith("index")
+    assert roles["ckpt-5.data-00000-of-00001"].startswith("data")
+    assert all(size.endswith(" B") for size in table.column("size"))
+
+
+def test_missing_prefix_names_the_index_file(tmp_path):
+    with pytest.raises(NotACheckpointError, match=r"nope'.*nope\.index' does not exist"):
+        open_checkpoint(tmp_path / "nope")
+
+
+def test_directory_points_to_its_latest_checkpoint(trained):
+    manager, _ = trained
+    directory = os.path.dirname(manager.latest_checkpoint)
+    with pytest.raises(NotACheckpointError, match=r"is a directory.*ckpt-5"):
+        checkpoint_keys(directory)
+
+
+def test_directory_without_state_file(tmp_path):
+    with pytest.raises(NotACheckpointError, match="is a directory.*no 'checkpoint' state file"):
+        read_object_graph(tmp_path)
+
+
+def test_one_file_of_a_checkpoint_suggests_the_prefix(trained):
+    manager, _ = trained
+    with pytest.raises(NotACheckpointError, match=r"pass its prefix '.*ckpt-5'"):
+        open_checkpoint(manager.latest_checkpoint + ".index")
+    with pytest.raises(NotACheckpointError, match=r"pass its prefix '.*ckpt-5'"):
+        open_checkpoint(manager.latest_checkpoint + ".data-00000-of-00001")
+
+
+def test_keras_file_is_named(tmp_path):
+    (tmp_path / "w.weights.h5").write_bytes(b"")
+    with pytest.raises(NotACheckpointError, match="w.weights.h5' is a Keras file"):
+        open_checkpoint(tmp_path / "w.weights.h5")
+
+
+def test_corrupt_index_is_reported_with_its_path(trained, tmp_path):
+    manager, _ = trained
+    prefix = str(tmp_path / "broken")
+    shutil.copy(manager.latest_checkpoint + ".data-00000-of-00001", prefix + ".data-00000-of-00001")
+    with open(prefix + ".index", "wb") as f:
+        f.write(b"this is not a checkpoint index" * 10)
+    with pytest.raises(NotACheckpointError, match=r"broken' cannot be read.*broken\.index"):
+        checkpoint_keys(prefix)
+
+
+def test_empty_or_missing_directory(tmp_path):
+    with pytest.raises(NotACheckpointError, match="is empty"):
+        checkpoint_files(tmp_path)
+    with pytest.raises(NotACheckpointError, match="is not a directory"):
+        checkpoint_files(tmp_path / "missing")
+
+
+def test_object_graph_root_edges(trained):
+    manager, _ = trained
+    graph = read_object_graph(manager.latest_checkpoint)
+    assert {c.local_name for c in graph.nodes[0].children} == {
+        "step", "optimizer", "net", "iterator", "save_counter"}
+
+
+def test_write_without_save_counter_is_readable(tmp_path):
+    v = tf.Variable([1.0, 2.0])
+    prefix = tf.train.Checkpoint(v=v).write(str(tmp_path / "plain"))
+    assert checkpoint_keys(prefix).column("key") == [
+        "_CHECKPOINTABLE_OBJECT_GRAPH", "v/.ATTRIBUTES/VARIABLE_VALUE"]
