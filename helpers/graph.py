@@ -38,8 +38,9 @@ class ObjectGraph:
 
     def table(self):
         """A `Table` with one row per node: path from the root, colour class, checkpoint keys."""
-        rows = [(n.path, n.kind, ", ".join(n.keys)) for n in self.nodes]
-        return Table(["path from root", "kind", "checkpoint key"], rows,
+        rows = [(n.path, n.kind, ", ".join(k.rsplit("/", 1)[-1] for k in n.keys))
+                for n in self.nodes]
+        return Table(["path from root", "kind", "saved attribute"], rows,
                      note=f"{len(self.nodes)} objects, {len(self.extra_edges)} extra edges "
                           "(second paths to the same object)")
 
@@ -109,7 +110,7 @@ def draw_object_graph(prefix, ax=None, title=None):
     depth = max(x for x, _ in position.values())
     leaves = max(y for _, y in position.values()) + 1
     if ax is None:
-        _, ax = plt.subplots(figsize=(2.1 * (depth + 1) + 1.0, 0.34 * leaves + 1.4))
+        _, ax = plt.subplots(figsize=(1.8 * (depth + 1) + 0.6, 0.36 * leaves + 1.2))
     for node in graph.nodes:
         x, y = position[node.id]
         for child in node.children:
@@ -117,20 +118,20 @@ def draw_object_graph(prefix, ax=None, title=None):
             ax.plot([x, x + 0.5, cx], [y, cy, cy], color="#999999", lw=1, zorder=1)
     for up, down, _ in graph.extra_edges:
         ax.annotate("", xy=position[down], xytext=position[up], zorder=1,
-                    arrowprops=dict(arrowstyle="->", color="#bbbbbb", lw=0.8, linestyle="--",
-                                    shrinkA=6, shrinkB=6, connectionstyle="arc3,rad=-0.15"))
+                    arrowprops=dict(arrowstyle="->", color="#c8c8c8", lw=0.8, linestyle="--",
+                                    shrinkA=6, shrinkB=6, connectionstyle="arc3,rad=-0.25"))
     for node in graph.nodes:
         x, y = position[node.id]
-        ax.text(x, y, node.name, ha="center", va="center", fontsize=9, color="white", zorder=3,
+        ax.text(x, y, node.name, ha="center", va="center", fontsize=10, color="white", zorder=3,
                 bbox=dict(boxstyle="round,pad=0.3", fc=COLOURS[node.kind], ec="none"))
     ax.set_xlim(-0.6, depth + 0.6)
     ax.set_ylim(leaves - 0.4, -0.6)
     ax.axis("off")
     handles = [Patch(color=c, label=k) for k, c in COLOURS.items()]
-    handles.append(Line2D([], [], color="#bbbbbb", linestyle="--", label="another path to it"))
-    ax.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=5,
-              frameon=False, fontsize=8)
-    ax.set_title(title if title is not None else f"Object graph of {prefix}", fontsize=10)
+    handles.append(Line2D([], [], color="#c8c8c8", linestyle="--", label="another path to it"))
+    ax.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=3,
+              frameon=False, fontsize=9)
+    ax.set_title(title if title is not None else f"Object graph of {prefix}", fontsize=11)
     return ax.figure
 
 

@@ -1,4 +1,4 @@
-"""The toy model, data and training loop of chapters 2 and 3 (from the study note, fixed for Keras 3)."""
+"""The toy model, data and training loop of chapters 2-3 (the study note's, fixed for Keras 3)."""
 import tensorflow as tf
 
 
@@ -10,8 +10,8 @@ class Net(tf.keras.Model):
         self.l1 = tf.keras.layers.Dense(5)
 
     def build(self, input_shape):
-        # The Keras 3 fix: create l1's variables eagerly, so a restore can fill them
-        # (without this method a fresh Net restores its bias but silently not its kernel).
+        # The Keras 3 fix: create l1's variables eagerly, so a restore can fill them.
+        # Without this method a fresh Net restores its bias but silently not its kernel.
         self.l1.build(input_shape)
 
     def call(self, x):
@@ -19,7 +19,7 @@ class Net(tf.keras.Model):
 
 
 def toy_dataset():
-    """Ten inputs 0..9 whose labels are `x * 5 + [0, 1, 2, 3, 4]`, repeated forever in batches of 2."""
+    """x = 0..9 with labels x * 5 + [0, 1, 2, 3, 4], repeated forever, in batches of 2."""
     inputs = tf.range(10.)[:, None]
     labels = inputs * 5. + tf.range(5.)[None, :]
     return tf.data.Dataset.from_tensor_slices(
@@ -38,10 +38,10 @@ def train_step(net, example, optimizer):
 
 
 def train_and_checkpoint(net, manager, steps=50):
-    """The study note's loop: restore the latest checkpoint if any, train, save every 10 steps.
+    """The study note's loop: restore the latest checkpoint, train, save every 10 steps.
 
-    The checkpoint must track `step`, `optimizer` and `iterator` (as in the chapters); they are
-    read from `manager.checkpoint` instead of globals. Returns the restore status and the losses.
+    `step`, `optimizer` and `iterator` are read from `manager.checkpoint` (the study note
+    used globals). Returns the restore status and the loss of every step.
     """
     ckpt = manager.checkpoint
     status = ckpt.restore(manager.latest_checkpoint)
@@ -64,16 +64,17 @@ def train_and_checkpoint(net, manager, steps=50):
 
 
 def training_objects(directory, max_to_keep=3):
-    """A built `Net`, its Adam(0.1) optimizer, a toy-data iterator and a `CheckpointManager` over them.
+    """Chapter 2's objects, built, under a `CheckpointManager` writing to `directory`.
 
-    Returns `(net, manager)`; the checkpoint is `manager.checkpoint` with keys step/optimizer/net/iterator.
-    Everything is created before any restore, so restores land at once and can be asserted.
+    Returns `(net, manager)`; `manager.checkpoint` tracks step, optimizer, net, iterator.
+    Model and optimizer are built first, so a restore lands at once and can be asserted.
     """
     net = Net()
     net.build((None, 1))
     opt = tf.keras.optimizers.Adam(0.1)
     opt.build(net.trainable_variables)
     iterator = iter(toy_dataset())
-    ckpt = tf.train.Checkpoint(step=tf.Variable(1), optimizer=opt, net=net, iterator=iterator)
+    ckpt = tf.train.Checkpoint(step=tf.Variable(1), optimizer=opt, net=net,
+                               iterator=iterator)
     manager = tf.train.CheckpointManager(ckpt, directory, max_to_keep=max_to_keep)
     return net, manager

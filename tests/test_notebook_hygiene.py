@@ -1,0 +1,56 @@
+"""What readers see in the stored notebooks: one clean in-order run, no machine paths, errors tagged.
+
+nbval checks that stored outputs match a fresh run; these checks cover what nbval does not
+compare (tracebacks, execution counts) and the ANSI-coloured text in tracebacks.
+"""
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+NOTEBOOKS = sorted(Path(__file__).parent.parent.joinpath("notebooks").glob("*.ipynb"))
+ANSI = re.compile(r"\x1b\[[0-9;]*m")
+MACHINE_PATH = re.compile(r"/(root|home|tmp|work|var/folders|usr/lib|opt)/|site-packages")
+
+
+def code_cells(path):
+    return [c for c in json.loads(path.read_text())["cells"] if c["cell_type"] == "code"]
+
+
+def output_texts(cell):
+    for out in cell.get("outputs", []):
+        yield ANSI.sub("", "".join(out.get("text", "")) + "\n".join(out.get("traceback", []))
+                       + "".join(out.get("data", {}).get("text/plain", ""))
+                       + "".join(out.get("data", {}).get("text/html", "")))
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_stored_run_is_fresh_and_in_order(path):
+    counts = [c["execution_count"] for c in code_cells(path) if "".join(c["source"]).strip()]
+    assert counts == list(range(1, len(counts) + 1))
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_no_machine_paths_even_in_tracebacks(path):
+    for index, cell in enumerate(code_cells(path)):
+        for text in output_texts(cell):
+            assert not MACHINE_PATH.search(text), f"code cell {index}: {text[:300]}"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_errors_only_where_tagged(path):
+    for index, cell in enumerate(code_cells(path)):
+        tagged = "raises-exception" in cell["metadata"].get("tags", [])
+        has_error = any(o["output_type"] == "error" for o in cell.get("outputs", []))
+        assert tagged == has_error, f"code cell {index}: tagged={tagged}, stored error={has_error}"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_chapter_opens_with_goals_and_ends_with_exercises(path):
+    cells = json.loads(path.read_text())["cells"]
+    first = "".join(cells[0]["source"])
+    text = "\n".join("".join(c["source"]) for c in cells if c["cell_type"] == "markdown")
+    assert first.startswith("# ") and "What you will learn" in first
+    assert "## Summary" in text and text.count("{exercise}") >= 2
+    assert text.count("{exercise}") == text.count("{solution}")
