@@ -1,0 +1,39 @@
+"""Running a converted LiteRT (TFLite) model, and telling a weightless conversion from a real one."""
+import numpy as np
+
+VARIABLE_OPS = {"VAR_HANDLE", "READ_VARIABLE", "ASSIGN_VARIABLE"}
+
+
+def interpreter(model_bytes):
+    """A LiteRT interpreter (`ai_edge_litert`; `tf.lite.Interpreter` is deprecated) with tensors allocated."""
+    from ai_edge_litert.interpreter import Interpreter
+    it = Interpreter(model_content=model_bytes)
+    it.allocate_tensors()
+    return it
+
+
+def op_names(model_bytes):
+    """The sorted set of operator names in the model."""
+    return sorted({op["op_name"] for op in interpreter(model_bytes)._get_ops_details()})
+
+
+def check_has_weights(model_bytes):
+    """Raise if the model reads its weights from resource variables instead of holding them.
+
+    That is what converting a Keras 3 model saved with `tf.saved_model.save` produces: a
+    0.1 MB file whose outputs are NaN or garbage, with no error from the converter.
+    """
+    found = VARIABLE_OPS & set(op_names(model_bytes))
+    if found:
+        raise ValueError(
+            f"this LiteRT model ({len(model_bytes) / 1e6:.2f} MB) has variable ops {sorted(found)} "
+            "instead of constant weights: its weights are missing. Convert from a "
+            "model.export() SavedModel (or TFLiteConverter.from_keras_model) instead.")
+
+
+def run_signature(model_bytes, x, signature="serving_default"):
+    """Call one signature of the model on `x` (its single input) and return its single output."""
+    runner = interpreter(model_bytes).get_signature_runner(signature)
+    (input_name,) = runner.get_input_details()
+    (output,) = runner(**{input_name: np.asarray(x, dtype=np.float32)}).values()
+    return output

@@ -1,0 +1,110 @@
+"""Looking at a SavedModel: is it one, what signatures does it offer, what does the CLI say.
+
+Functions take the SavedModel *directory* (the one holding `saved_model.pb`) and raise
+`NotASavedModelError` / `MissingSignatureError` naming the path or signature at fault.
+"""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import tensorflow as tf
+
+from .table import Table
+
+
+class NotASavedModelError(ValueError):
+    """The path is not a SavedModel directory."""
+
+
+class MissingSignatureError(KeyError):
+    """The SavedModel has no signature of that name."""
+
+    def __str__(self):  # KeyError would quote the whole message
+        return self.args[0]
+
+
+def check_saved_model(path):
+    """Return `path` as a `Path` if it is a SavedModel directory, else say what it is instead."""
+    path = Path(path)
+    if not path.exists():
+        raise NotASavedModelError(f"'{path}' does not exist")
+    if path.is_file():
+        kind = "a Keras file" if path.name.endswith((".keras", ".h5")) else "a file"
+        raise NotASavedModelError(
+            f"'{path}' is {kind}, not a SavedModel directory (one holding saved_model.pb)")
+    if (path / "saved_model.pb").is_file() or (path / "saved_model.pbtxt").is_file():
+        return path
+    versions = sorted(p.name for p in path.iterdir() if p.is_dir() and p.name.isdigit())
+    if versions:
+        raise NotASavedModelError(
+            f"'{path}' holds version folders {versions}, not a SavedModel: pass "
+            f"'{path / versions[-1]}' (TF Serving's --model_base_path is this parent folder)")
+    if (path / "checkpoint").is_file() or any(path.glob("*.index")):
+        raise NotASavedModelError(
+            f"'{path}' holds a training checkpoint, not a SavedModel (no saved_model.pb)")
+    raise NotASavedModelError(f"'{path}' is not a SavedModel directory: no saved_model.pb in it")
+
+
+def load(path):
+    """`tf.saved_model.load(path)` after checking that `path` is a SavedModel."""
+    return tf.saved_model.load(str(check_saved_model(path)))
+
+
+def get_signature(loaded, name="serving_default", path=None):
+    """The concrete function `loaded.signatures[name]`, or an error listing the signatures there are."""
+    if name not in loaded.signatures:
+        where = f"SavedModel '{path}'" if path else "this SavedModel"
+        have = ", ".join(sorted(loaded.signatures)) or "none"
+        raise MissingSignatureError(f"{where} has no signature '{name}'; it has: {have}")
+    return loaded.signatures[name]
+
+
+def signature_summary(saved_model):
+    """Every signature's inputs and outputs (name, dtype, shape) as a `Table`.
+
+    `saved_model` is a SavedModel directory or an object returned by `tf.saved_model.load`.
+    """
+    loaded = load(saved_model) if isinstance(saved_model, (str, Path)) else saved_model
+    rows = []
+    for sig_name in sorted(loaded.signatures):
+        fn = loaded.signatures[sig_name]
+        _, inputs = fn.structured_input_signature
+        for kind, specs in (("input", inputs), ("output", fn.structured_outputs)):
+            for key in sorted(specs):
+                spec = specs[key]
+                rows.append((sig_name, kind, key, spec.dtype.name, str(spec.shape)))
+    return Table(["signature", "", "name", "dtype", "shape"], rows)
+
+
+UNORDERED_OPS_LINE = "contains the following ops:"
+
+
+def saved_model_cli(*args):
+    """Run `saved_model_cli ARGS` with this Python and print its output (and its exit status if not 0).
+
+    The same as typing `saved_model_cli ...` in a shell. The list of ops that `show --all`
+    prints is a set in random order, so that line is left out; on failure the last line of
+    the error is printed instead of the whole traceback.
+    """
+    cmd = [sys.executable, "-m", "tensorflow.python.tools.saved_model_cli", *map(str, args)]
+    env = {"TF_CPP_MIN_LOG_LEVEL": "3", "TF_ENABLE_ONEDNN_OPTS": "0"}
+    result = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, **env})
+    print("$ saved_model_cli " + " ".join(map(str, args)))
+    for line in result.stdout.splitlines():
+        if UNORDERED_OPS_LINE not in line:
+            print(line)
+    if result.returncode:
+        print(f"exit status {result.returncode}: {last_error(result.stderr)}")
+
+
+def last_error(stderr):
+    """The final `SomeError: message` of a traceback, with the message's first line if it wraps."""
+    lines = [line.strip() for line in stderr.splitlines() if line.strip()]
+    for i in range(len(lines) - 1, -1, -1):
+        if "Error" in lines[i].split(":")[0]:
+            text = lines[i].rsplit(".", 1)[-1] if lines[i].startswith("tensorflow.") else lines[i]
+            if text.endswith(":") and i + 1 < len(lines):
+                text += " " + lines[i + 1].split(". ")[0].rstrip(".") + "."
+            return text
+    return "failed"
