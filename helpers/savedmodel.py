@@ -80,20 +80,23 @@ def signature_summary(saved_model):
 UNORDERED_OPS_LINE = "contains the following ops:"
 
 
-def saved_model_cli(*args):
+def saved_model_cli(*args, max_lines=16):
     """Run `saved_model_cli ARGS` with this Python and print its output (and its exit status if not 0).
 
     The same as typing `saved_model_cli ...` in a shell. The list of ops that `show --all`
-    prints is a set in random order, so that line is left out; on failure the last line of
-    the error is printed instead of the whole traceback.
+    prints is a set in random order, so that line is left out; output past `max_lines` lines
+    is cut (a MobileNet result is 170 lines of numbers); on failure the last line of the
+    error is printed instead of the whole traceback.
     """
     cmd = [sys.executable, "-m", "tensorflow.python.tools.saved_model_cli", *map(str, args)]
     env = {"TF_CPP_MIN_LOG_LEVEL": "3", "TF_ENABLE_ONEDNN_OPTS": "0"}
     result = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, **env})
     print("$ saved_model_cli " + " ".join(map(str, args)))
-    for line in result.stdout.splitlines():
-        if UNORDERED_OPS_LINE not in line:
-            print(line)
+    lines = [line for line in result.stdout.splitlines() if UNORDERED_OPS_LINE not in line]
+    for line in lines[:max_lines]:
+        print(line)
+    if len(lines) > max_lines:
+        print(f"... ({len(lines) - max_lines} more lines)")
     if result.returncode:
         print(f"exit status {result.returncode}: {last_error(result.stderr)}")
 

@@ -1,0 +1,95 @@
+"""helpers.imagenet (the offline decision), helpers.litert (weightless models), helpers.measure."""
+import functools
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from helpers.imagenet import is_download_failure, pretrained_or_standin, standin, top5
+from helpers.litert import check_has_weights, op_names, run_signature
+from helpers.measure import median_seconds
+
+SMALL = functools.partial(tf.keras.applications.MobileNet, alpha=0.25, input_shape=(96, 96, 3))
+
+
+def offline(weights="imagenet"):
+    if weights == "imagenet":  # what Keras raises when get_file cannot reach the network
+        raise Exception("URL fetch failure on https://storage.googleapis.com/x.h5: None -- "
+                        "[Errno -2] Name or service not known")
+    return SMALL(weights=weights)
+
+
+def test_failed_download_gives_the_labelled_standin(capsys):
+    model, weights = pretrained_or_standin(offline)
+    assert weights == "offline stand-in"
+    assert model.count_params() == SMALL(weights=None).count_params()
+    assert capsys.readouterr().out == ""  # the notebook prints the one line, not the helper
+
+
+def test_online_path_is_the_plain_call():
+    calls = []
+    model, weights = pretrained_or_standin(lambda: calls.append(1) or "the model")
+    assert (model, weights, calls) == ("the model", "imagenet", [1])
+
+
+def test_other_errors_are_not_swallowed():
+    def broken():
+        raise ValueError("bad input_shape")
+    with pytest.raises(ValueError, match="bad input_shape"):
+        pretrained_or_standin(broken)
+
+
+def test_download_failure_detection():
+    assert is_download_failure(Exception("URL fetch failure on https://x: None -- timed out"))
+    assert is_download_failure(OSError("network unreachable"))
+    assert not is_download_failure(ValueError("The `weights` argument should be ..."))
+
+
+def test_standin_is_deterministic_and_not_uniform():
+    x = np.random.default_rng(1).uniform(-1, 1, (1, 96, 96, 3)).astype("float32")
+    a, b = standin(SMALL)(x).numpy(), standin(SMALL)(x).numpy()
+    np.testing.assert_array_equal(a, b)
+    assert a.std() > 1e-6  # an untrained MobileNet scores every class exactly 1/1000
+
+
+def test_top5_skips_background():
+    labels = np.array(["background", "a", "b", "c", "d", "e", "f"])
+    probs = np.array([[0.1, 0.5, 0.0, 0.2, 0.3, 0.05]])
+    assert list(top5(probs, labels)) == ["b", "e", "d", "a", "f"]
+
+
+@pytest.fixture(scope="module")
+def conversions(tmp_path_factory):
+    root = tmp_path_factory.mktemp("lite")
+    tf.keras.utils.set_random_seed(0)
+    model = tf.keras.Sequential([tf.keras.Input((4,)), tf.keras.layers.Dense(3),
+                                 tf.keras.layers.BatchNormalization()])
+    model.export(str(root / "export"), verbose=False)
+    tf.saved_model.save(model, str(root / "saved"))
+    convert = lambda p: tf.lite.TFLiteConverter.from_saved_model(str(p)).convert()  # noqa: E731
+    return model, convert(root / "export"), convert(root / "saved")
+
+
+def test_export_conversion_matches_keras(conversions):
+    model, good, _ = conversions
+    x = np.array([[1., -2., 3., 0.5]], dtype=np.float32)
+    np.testing.assert_allclose(run_signature(good, x), model(x), atol=1e-6)
+    check_has_weights(good)
+    assert "VAR_HANDLE" not in op_names(good)
+
+
+def test_weightless_conversion_is_detected(conversions):
+    _, _, weightless = conversions
+    assert "VAR_HANDLE" in op_names(weightless)
+    with pytest.raises(ValueError, match=r"variable ops \['READ_VARIABLE', 'VAR_HANDLE'\].*weights are missing"):
+        check_has_weights(weightless)
+
+
+def test_median_of_repeats_with_untimed_setup():
+    calls = []
+    median, low, high = median_seconds(lambda: calls.append("run"), repeats=3,
+                                       setup=lambda: calls.append("setup"))
+    assert calls == ["setup", "run"] * 3
+    assert 0 <= low <= median <= high
+    with pytest.raises(ValueError, match="at least 1"):
+        median_seconds(lambda: None, repeats=0)

@@ -1,0 +1,122 @@
+"""helpers.savedmodel and helpers.disk: signature summaries, directory trees, and clear errors."""
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from helpers.disk import directory_tree, human_size, size_on_disk
+from helpers.savedmodel import (MissingSignatureError, NotASavedModelError, check_saved_model,
+                                get_signature, last_error, load, saved_model_cli,
+                                signature_summary)
+
+
+@pytest.fixture(scope="module")
+def artifacts(tmp_path_factory):
+    """A small Keras model exported (model.export) and saved (tf.saved_model.save), in version folders."""
+    root = tmp_path_factory.mktemp("sm")
+    tf.keras.utils.set_random_seed(0)
+    model = tf.keras.Sequential([tf.keras.Input((3,)), tf.keras.layers.Dense(2),
+                                 tf.keras.layers.BatchNormalization()])
+    model.export(str(root / "exported" / "1"), verbose=False,
+                 input_signature=[tf.TensorSpec([None, 3], tf.float32, name="features")])
+    tf.saved_model.save(model, str(root / "saved" / "1"))
+    return root, model
+
+
+def test_summary_lists_inputs_and_outputs(artifacts):
+    root, _ = artifacts
+    table = signature_summary(root / "exported" / "1")
+    assert ("serving_default", "input", "features", "float32", "(None, 3)") in table.rows
+    assert ("serving_default", "output", "output_0", "float32", "(None, 2)") in table.rows
+    assert set(table.column("signature")) == {"serve", "serving_default"}
+
+
+def test_summary_accepts_a_loaded_object(artifacts):
+    root, _ = artifacts
+    loaded = tf.saved_model.load(str(root / "saved" / "1"))
+    assert signature_summary(loaded).column("name") == ["inputs", "output_0"]
+
+
+def test_missing_signature_lists_the_ones_there_are(artifacts):
+    root, _ = artifacts
+    path = root / "saved" / "1"
+    with pytest.raises(MissingSignatureError,
+                       match=r"SavedModel '.*saved/1' has no signature 'predict'; it has: serving_default"):
+        get_signature(load(path), "predict", path)
+
+
+def test_version_parent_folder_is_explained(artifacts):
+    root, _ = artifacts
+    with pytest.raises(NotASavedModelError, match=r"holds version folders \['1'\].*pass '.*exported/1'"):
+        check_saved_model(root / "exported")
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda d: d / "missing", "does not exist"),
+    (lambda d: (d / "m.keras").write_bytes(b"PK") and d / "m.keras", "is a Keras file"),
+    (lambda d: (d / "notes.txt").write_text("x") and d / "notes.txt", "is a file, not a SavedModel"),
+    (lambda d: d, "no saved_model.pb in it"),
+])
+def test_not_a_saved_model(tmp_path, make, message):
+    with pytest.raises(NotASavedModelError, match=message):
+        load(make(tmp_path))
+
+
+def test_checkpoint_folder_is_named_as_such(tmp_path):
+    tf.train.Checkpoint(v=tf.Variable(1.)).save(str(tmp_path / "ckpt"))
+    with pytest.raises(NotASavedModelError, match="holds a training checkpoint"):
+        check_saved_model(tmp_path)
+
+
+def test_cli_runs_the_export_and_fails_on_keras3_saved_model(artifacts, tmp_path, capsys):
+    """The C++/TF1 loader runs model.export output but not tf.saved_model.save output (Keras 3)."""
+    root, model = artifacts
+    x = np.array([[1., 2., 3.]], dtype=np.float32)
+    np.save(tmp_path / "x.npy", x)
+    saved_model_cli("run", "--dir", root / "exported" / "1", "--tag_set", "serve",
+                    "--signature_def", "serving_default", "--inputs", f"features={tmp_path / 'x.npy'}",
+                    "--outdir", tmp_path / "out")
+    out = capsys.readouterr().out
+    assert out.startswith("$ saved_model_cli run --dir ") and "exit status" not in out
+    np.testing.assert_allclose(np.load(tmp_path / "out" / "output_0.npy"), model(x), rtol=1e-6)
+
+    saved_model_cli("run", "--dir", root / "saved" / "1", "--tag_set", "serve",
+                    "--signature_def", "serving_default", "--inputs", f"inputs={tmp_path / 'x.npy'}",
+                    "--outdir", tmp_path / "out2")
+    assert "exit status 1: FailedPreconditionError" in capsys.readouterr().out
+
+
+def test_cli_output_is_cut_and_ops_line_dropped(artifacts, capsys):
+    root, _ = artifacts
+    saved_model_cli("show", "--dir", root / "exported" / "1", "--all", max_lines=5)
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 7 and lines[-1].startswith("... (")
+    saved_model_cli("show", "--dir", root / "exported" / "1", "--all", max_lines=10_000)
+    assert "contains the following ops" not in capsys.readouterr().out
+
+
+def test_last_error_joins_a_wrapped_message():
+    stderr = ("Traceback...\ntensorflow.python.framework.errors_impl.FailedPreconditionError: "
+              "Graph execution error:\n\nCould not find variable x/y. This could mean more.\n")
+    assert last_error(stderr) == "FailedPreconditionError: Graph execution error: Could not find variable x/y."
+    assert last_error("nothing useful") == "failed"
+
+
+def test_tree_shows_sizes_and_nesting(artifacts):
+    root, _ = artifacts
+    lines = directory_tree(root / "exported" / "1").lines()
+    assert lines[0].endswith(f"({human_size(size_on_disk(root / 'exported' / '1'))})")
+    assert any(line.startswith("└── variables/") for line in lines)
+    assert any(line.startswith("    ├── variables.data-00000-of-00001  ") for line in lines)
+    assert any(line.startswith("├── saved_model.pb  ") for line in lines)
+
+
+def test_sizes(tmp_path):
+    (tmp_path / "a").write_bytes(b"x" * 1500)
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "b").write_bytes(b"x" * 500)
+    assert size_on_disk(tmp_path) == 2000 and size_on_disk(tmp_path / "a") == 1500
+    assert [human_size(n) for n in (999, 1500, 2_500_000, 7e9)] == ["999 B", "1.5 kB", "2.5 MB", "7.0 GB"]
+    with pytest.raises(FileNotFoundError, match="'.*nope' does not exist"):
+        size_on_disk(tmp_path / "nope")
+    with pytest.raises(NotADirectoryError, match="is not a directory"):
+        directory_tree(tmp_path / "a")
