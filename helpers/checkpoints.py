@@ -5,6 +5,7 @@ returns), or a directory where one is asked for, and raises `NotACheckpointError
 when it is given something else.
 """
 import os
+import re
 from pathlib import Path
 
 import tensorflow as tf
@@ -112,3 +113,24 @@ def read_object_graph(prefix):
             f"'{prefix}' has no {OBJECT_GRAPH_KEY}: it was written by the TF1 name-based Saver, "
             "so restore matches by variable name, not through an object graph")
     return trackable_object_graph_pb2.TrackableObjectGraph.FromString(reader.get_tensor(OBJECT_GRAPH_KEY))
+
+
+def assert_restored(status, method="assert_existing_objects_matched"):
+    """Call `status.<method>()` and say whether the restore matched; on failure print why.
+
+    TensorFlow's AssertionError lists the unmatched objects in no fixed order; this prints the
+    error's first sentence and the unmatched objects' names sorted, and returns False. The
+    failure has then been reported, so the status is marked `expect_partial()`: no repeat of
+    it in warnings logged whenever the status happens to be garbage-collected.
+    """
+    try:
+        getattr(status, method)()
+    except AssertionError as error:
+        status.expect_partial()
+        message = str(error)
+        print("AssertionError:", message.split(" Showing")[0].split("\n")[0])
+        names = re.findall(r"path=([^,]+)|<tf\.Variable '([^']+)'", message)
+        if names:
+            print("unmatched:", sorted(a or b.removesuffix(":0") for a, b in names))
+        return False
+    return True

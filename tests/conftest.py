@@ -13,3 +13,20 @@ def trained(tmp_path_factory):
     net, manager = training_objects(str(directory))
     _, losses = train_and_checkpoint(net, manager)
     return manager, losses
+
+
+ROOT = __import__("pathlib").Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session")
+def built_book(tmp_path_factory):
+    """The HTML book built from the current sources, warnings as errors, into a temporary folder."""
+    import subprocess
+    import sys
+    from pathlib import Path
+    out = tmp_path_factory.mktemp("book")
+    result = subprocess.run(
+        [str(Path(sys.executable).with_name("jupyter-book")), "build", str(ROOT), "--path-output",
+         str(out), "-W", "-n", "--keep-going", "-q"], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return out / "_build" / "html"

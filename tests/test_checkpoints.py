@@ -112,3 +112,28 @@ def test_write_without_save_counter_is_readable(tmp_path):
     prefix = tf.train.Checkpoint(v=v).write(str(tmp_path / "plain"))
     assert checkpoint_keys(prefix).column("key") == [
         "_CHECKPOINTABLE_OBJECT_GRAPH", "v/.ATTRIBUTES/VARIABLE_VALUE"]
+
+
+def test_assert_restored_reports_sorted_unmatched_objects(trained, capsys):
+    from helpers.checkpoints import assert_restored
+    manager, _ = trained
+
+    class Renamed(tf.Module):
+        def __init__(self):
+            super().__init__()
+            self.z_kernel = tf.Variable(tf.zeros([1, 5]), name="z_kernel")
+            self.a_bias = tf.Variable(tf.zeros([5]), name="a_bias")
+
+    status = tf.train.Checkpoint(net=Renamed()).restore(manager.latest_checkpoint)
+    assert assert_restored(status) is False
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith("AssertionError: Found 2 Python objects that were not bound")
+    assert out[1] == "unmatched: ['a_bias', 'z_kernel']"  # sorted, whatever order TF listed
+
+
+def test_assert_restored_passes_a_full_restore(trained):
+    from helpers.checkpoints import assert_restored
+    from helpers.toy import training_objects
+    manager, _ = trained
+    _, fresh = training_objects(manager.directory)
+    assert assert_restored(fresh.checkpoint.restore(manager.latest_checkpoint), "assert_consumed")

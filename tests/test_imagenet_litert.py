@@ -93,3 +93,10 @@ def test_median_of_repeats_with_untimed_setup():
     assert 0 <= low <= median <= high
     with pytest.raises(ValueError, match="at least 1"):
         median_seconds(lambda: None, repeats=0)
+
+
+def test_offline_download_raises_a_plain_exception(tmp_path):
+    """What Keras really raises when get_file cannot connect (the appendix quotes it)."""
+    with pytest.raises(Exception, match=r"^URL fetch failure on http://127\.0\.0\.1:9/") as info:
+        tf.keras.utils.get_file("nope.bin", "http://127.0.0.1:9/nope.bin", cache_dir=str(tmp_path))
+    assert type(info.value) is Exception and is_download_failure(info.value)

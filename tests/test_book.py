@@ -1,0 +1,130 @@
+"""The book as a whole: table of contents, Colab wiring, status page, troubleshooting, links."""
+import json
+import re
+import subprocess
+import sys
+from html.parser import HTMLParser
+from pathlib import Path
+from urllib.parse import unquote, urlparse
+
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+CONFIG = yaml.safe_load((ROOT / "_config.yml").read_text())
+TOC = yaml.safe_load((ROOT / "_toc.yml").read_text())
+NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
+ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def toc_files():
+    files = [TOC["root"]]
+    for part in TOC.get("parts", []):
+        files += [chapter["file"] for chapter in part["chapters"]]
+    return files
+
+
+def source_of(entry):
+    matches = [p for p in ROOT.glob(entry + ".*") if p.suffix in (".md", ".ipynb")]
+    assert len(matches) == 1, f"{entry}: {matches}"
+    return matches[0]
+
+
+def test_every_notebook_is_in_the_table_of_contents():
+    listed = {source_of(entry) for entry in toc_files()}
+    assert set(NOTEBOOKS) <= listed
+
+
+def test_colab_setup_cells_install_from_the_configured_repository():
+    repo = CONFIG["repository"]["url"].removesuffix(".git")
+    for path in NOTEBOOKS:
+        code = [c for c in json.loads(path.read_text())["cells"] if c["cell_type"] == "code"]
+        first = "".join(code[0]["source"])
+        assert 'find_spec("helpers") is None' in first, path.name
+        urls = re.findall(r"git\+(https://\S+?)[\"']", first)
+        assert urls == [repo], f"{path.name}: installs from {urls}, _config.yml says {repo}"
+        assert "tensorflow" not in first.split("git+")[0].lower().replace("tensorflow itself", "")
+
+
+def test_status_page_is_generated_from_the_notebooks():
+    sys.path.insert(0, str(ROOT / "scripts"))
+    from execute_notebooks import status_page
+    assert (ROOT / "status.md").read_text() == status_page(NOTEBOOKS), \
+        "status.md is stale: run scripts/execute_notebooks.py --status-only"
+    for path in NOTEBOOKS:
+        assert "book_execution" in json.loads(path.read_text())["metadata"], f"{path.name} not run by the script"
+
+
+def produced_texts():
+    """Everything the notebooks printed or raised, and the tests' source (for asserted errors)."""
+    texts = []
+    for path in NOTEBOOKS:
+        for cell in json.loads(path.read_text())["cells"]:
+            for out in cell.get("outputs", []):
+                texts.append("".join(out.get("text", "")))
+                texts.append(f"{out.get('ename', '')}: {out.get('evalue', '')}")
+                texts.append("".join(out.get("data", {}).get("text/plain", "")))
+    texts += [p.read_text() for p in (ROOT / "tests").glob("test_*.py") if p.name != "test_book.py"]
+    return ANSI.sub("", "\n".join(texts))
+
+
+def test_troubleshooting_entries_quote_produced_errors():
+    page = (ROOT / "troubleshooting.md").read_text()
+    headings = re.findall(r"^### (.+)$", page, flags=re.M)
+    quoted = [re.match(r"^(`+) ?(.+?) ?\1$", h) for h in headings]
+    messages = [m.group(2) for m in quoted if m]
+    assert len(messages) >= 15
+    produced = produced_texts()
+    missing = [m for m in messages if m not in produced]
+    assert not missing, f"not produced by any cell or test: {missing}"
+
+
+class Links(HTMLParser):
+    def __init__(self):
+        super().__init__()
+        self.links, self.ids = [], set()
+
+    def handle_starttag(self, tag, attrs):
+        attrs = dict(attrs)
+        if "id" in attrs:
+            self.ids.add(attrs["id"])
+        for name in ("href", "src"):
+            if attrs.get(name):
+                self.links.append(attrs[name])
+
+
+def test_every_internal_link_and_anchor_resolves(built_book):
+    pages = {}
+    for page in built_book.rglob("*.html"):
+        if "_static" in page.parts:
+            continue
+        parser = Links()
+        parser.feed(page.read_text(errors="replace"))
+        pages[page] = parser
+    broken, checked = [], 0
+    for page, parser in pages.items():
+        for link in parser.links:
+            url = urlparse(link)
+            if url.scheme or link.startswith(("//", "mailto:", "javascript:")) or not (url.path or url.fragment):
+                continue
+            target = (page.parent / unquote(url.path)).resolve() if url.path else page
+            if target.is_dir():
+                target = target / "index.html"
+            checked += 1
+            if not target.exists():
+                broken.append(f"{page.name}: {link}")
+            elif url.fragment and target.suffix == ".html":
+                ids = pages[target].ids if target in pages else set()
+                if url.fragment not in ids:
+                    broken.append(f"{page.name}: {link} (no such anchor)")
+    assert checked > 300 and not broken, broken[:20]
+
+
+def test_student_edition_has_no_solutions(built_book, tmp_path):
+    result = subprocess.run([sys.executable, str(ROOT / "scripts" / "build_student_edition.py"),
+                             str(tmp_path)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    chapter = "notebooks/01_keras_weights.html"
+    full = (built_book / chapter).read_text()
+    student = (tmp_path / "_build" / "html" / chapter).read_text()
+    assert full.count('class="solution') >= 2 and "exercise" in student
+    assert 'class="solution' not in student
