@@ -1,0 +1,118 @@
+"""The built HTML book in a real browser: Debian's Chromium driven by Playwright, served on 127.0.0.1.
+
+Needs `chromium` on PATH (`apt-get install chromium`; .ci/run installs it). Without it the tests
+are skipped on a developer's machine and fail in CI.
+"""
+import functools
+import http.server
+import os
+import re
+import shutil
+import threading
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+         "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+TOC = yaml.safe_load((ROOT / "_toc.yml").read_text())
+PAGES = [TOC["root"]] + [c["file"] for part in TOC["parts"] for c in part["chapters"]]
+CHAPTERS = [p for p in PAGES if p.startswith("notebooks/")]
+REPO = yaml.safe_load((ROOT / "_config.yml").read_text())["repository"]["url"].removesuffix(".git")
+
+
+@pytest.fixture(scope="module")
+def site(built_book):
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(
+        ("127.0.0.1", 0), functools.partial(Quiet, directory=str(built_book)))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if not CHROMIUM:
+        if os.environ.get("CI"):
+            pytest.fail("chromium is not installed; .ci/run installs it with apt-get")
+        pytest.skip("Chromium is not installed (apt-get install chromium)")
+    from playwright.sync_api import sync_playwright
+    with sync_playwright() as p:
+        launched = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=FLAGS)
+        yield launched
+        launched.close()
+
+
+@pytest.fixture
+def page(browser, site):
+    """A fresh page that records JavaScript errors and may reach only the local book server."""
+    context = browser.new_context()
+    page = context.new_page()
+    page.errors = []
+    page.on("pageerror", lambda error: page.errors.append(f"pageerror: {error}"))
+    page.on("console", lambda msg: msg.type == "error" and page.errors.append(f"console: {msg.text}"))
+    page.route(re.compile(r"^(?!http://127\.0\.0\.1:)"), lambda route: route.abort())
+    yield page
+    context.close()
+
+
+@pytest.mark.parametrize("entry", PAGES)
+def test_page_loads_without_javascript_errors_and_its_images_load(page, site, entry):
+    response = page.goto(f"{site}/{entry}.html", wait_until="load")
+    assert response.status == 200
+    assert page.title()
+    broken = page.eval_on_selector_all(
+        "img", "imgs => imgs.filter(i => !(i.complete && i.naturalWidth > 0)).map(i => i.src)")
+    assert broken == []
+    page.wait_for_timeout(200)  # late script errors
+    assert [e for e in page.errors if "ERR_FAILED" not in e] == []
+
+
+@pytest.mark.parametrize("entry", CHAPTERS)
+def test_chapter_has_a_colab_link_to_its_notebook(page, site, entry):
+    page.goto(f"{site}/{entry}.html")
+    expected = f"https://colab.research.google.com/github/{REPO.split('github.com/')[1]}/blob/main/{entry}.ipynb"
+    link = page.locator(f'a[href="{expected}"]')
+    assert link.count() == 1
+    page.locator('button[aria-label="Launch interactive content"]').click()
+    link.wait_for(state="visible", timeout=5000)
+
+
+def test_figures_have_pixels(page, site):
+    page.goto(f"{site}/notebooks/03_dependency_graph.html")
+    widths = page.eval_on_selector_all(".cell_output img", "imgs => imgs.map(i => i.naturalWidth)")
+    assert len(widths) == 1 and widths[0] > 500  # the object-graph figure
+
+
+def test_exercise_solution_opens(page, site):
+    page.goto(f"{site}/notebooks/01_keras_weights.html")
+    page.wait_for_selector("div.solution.toggle-hidden")  # sphinx-togglebutton has folded it
+    solution = page.locator("div.solution").first
+    body = solution.locator("section").first
+    assert not body.is_visible()
+    solution.locator("button.toggle-button").click()
+    body.wait_for(state="visible", timeout=5000)
+    assert "It prints" in body.inner_text()
+
+
+def test_search_finds_the_chapter(page, site):
+    page.goto(f"{site}/search.html?q=CheckpointManager")
+    page.wait_for_selector("#search-results li a", timeout=10000)
+    hits = page.eval_on_selector_all("#search-results li a", "links => links.map(a => a.href)")
+    assert any("02_writing_checkpoints" in hit for hit in hits)
+
+
+def test_next_and_previous_navigation(page, site):
+    page.goto(f"{site}/notebooks/01_keras_weights.html")
+    page.locator("a.right-next").click()
+    page.wait_for_url("**/02_writing_checkpoints.html")
+    page.locator("a.left-prev").click()
+    page.wait_for_url("**/01_keras_weights.html")
