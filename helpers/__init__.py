@@ -1,7 +1,16 @@
 """Helpers for the book "Checkpoints vs SavedModel": each module is named after a noun of the book.
 
-- `helpers.toy`: the toy model, data and training loop of the checkpoint chapters.
-- `helpers.checkpoints`: a checkpoint's files, keys and object graph, with clear errors for bad paths.
+Checkpoints (chapters 1-3):
+- `helpers.toy`: the toy model, data, training step and checkpointing loop.
+- `helpers.checkpoints`: a checkpoint's files, keys and object graph; clear errors for bad paths.
 - `helpers.graph`: the object graph drawn in the official guide's colours.
-- `helpers.table`, `helpers.display`: printing tables and showing helper source in the book.
+
+SavedModels (chapters 4-7):
+- `helpers.savedmodel`: signature summaries, `saved_model_cli`, clear errors for bad paths.
+- `helpers.disk`: directory trees and sizes.  `helpers.imagenet`: MobileNet online or offline.
+- `helpers.litert`: running LiteRT models and catching weightless conversions.
+- `helpers.measure`: medians of repeated timings.  `helpers.serving`: a model server in a notebook.
+
+Around the book: `helpers.environment` (version checks), `helpers.legacy` (running Keras 2 code),
+`helpers.table` and `helpers.display` (printing tables, showing helper source).
 """

@@ -30,3 +30,18 @@ def built_book(tmp_path_factory):
          str(out), "-W", "-n", "--keep-going", "-q"], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return out / "_build" / "html"
+
+
+@pytest.fixture(scope="session")
+def small_savedmodels(tmp_path_factory):
+    """A small Keras 3 model (Dense + BatchNormalization) written both ways, in version folders:
+    `model.export` to exported/1 (input named 'features') and `tf.saved_model.save` to saved/1."""
+    import tensorflow as tf
+    root = tmp_path_factory.mktemp("sm")
+    tf.keras.utils.set_random_seed(0)
+    model = tf.keras.Sequential([tf.keras.Input((3,)), tf.keras.layers.Dense(2),
+                                 tf.keras.layers.BatchNormalization()])
+    model.export(str(root / "exported" / "1"), verbose=False,
+                 input_signature=[tf.TensorSpec([None, 3], tf.float32, name="features")])
+    tf.saved_model.save(model, str(root / "saved" / "1"))
+    return root, model

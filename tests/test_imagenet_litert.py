@@ -59,20 +59,15 @@ def test_top5_skips_background():
 
 
 @pytest.fixture(scope="module")
-def conversions(tmp_path_factory):
-    root = tmp_path_factory.mktemp("lite")
-    tf.keras.utils.set_random_seed(0)
-    model = tf.keras.Sequential([tf.keras.Input((4,)), tf.keras.layers.Dense(3),
-                                 tf.keras.layers.BatchNormalization()])
-    model.export(str(root / "export"), verbose=False)
-    tf.saved_model.save(model, str(root / "saved"))
+def conversions(small_savedmodels):
+    root, model = small_savedmodels
     convert = lambda p: tf.lite.TFLiteConverter.from_saved_model(str(p)).convert()  # noqa: E731
-    return model, convert(root / "export"), convert(root / "saved")
+    return model, convert(root / "exported" / "1"), convert(root / "saved" / "1")
 
 
 def test_export_conversion_matches_keras(conversions):
     model, good, _ = conversions
-    x = np.array([[1., -2., 3., 0.5]], dtype=np.float32)
+    x = np.array([[1., -2., 3.]], dtype=np.float32)
     np.testing.assert_allclose(run_signature(good, x), model(x), atol=1e-6)
     check_has_weights(good)
     assert "VAR_HANDLE" not in op_names(good)

@@ -9,17 +9,9 @@ from helpers.savedmodel import (MissingSignatureError, NotASavedModelError, chec
                                 signature_summary)
 
 
-@pytest.fixture(scope="module")
-def artifacts(tmp_path_factory):
-    """A small Keras model exported (model.export) and saved (tf.saved_model.save), in version folders."""
-    root = tmp_path_factory.mktemp("sm")
-    tf.keras.utils.set_random_seed(0)
-    model = tf.keras.Sequential([tf.keras.Input((3,)), tf.keras.layers.Dense(2),
-                                 tf.keras.layers.BatchNormalization()])
-    model.export(str(root / "exported" / "1"), verbose=False,
-                 input_signature=[tf.TensorSpec([None, 3], tf.float32, name="features")])
-    tf.saved_model.save(model, str(root / "saved" / "1"))
-    return root, model
+@pytest.fixture
+def artifacts(small_savedmodels):
+    return small_savedmodels
 
 
 def test_summary_lists_inputs_and_outputs(artifacts):
