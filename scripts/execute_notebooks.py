@@ -24,6 +24,7 @@ from nbclient.exceptions import CellExecutionError
 
 ROOT = Path(__file__).resolve().parent.parent
 STATUS = ROOT / "status.md"
+KERNELSPEC = {"name": "python3", "display_name": "Python 3 (ipykernel)", "language": "python"}
 
 
 def package_version(*names):
@@ -43,6 +44,7 @@ def execute(path):
     start = time.perf_counter()
     client.execute()
     seconds = time.perf_counter() - start
+    nb.metadata.setdefault("kernelspec", KERNELSPEC)  # Jupyter and Colab then need not ask
     nb.metadata["book_execution"] = {
         "seconds": round(seconds, 1),
         "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d"),
