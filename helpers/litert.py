@@ -1,4 +1,10 @@
 """Running a converted LiteRT (TFLite) model, and telling a weightless conversion from a real one."""
+import os
+import subprocess
+import sys
+import tempfile
+import textwrap
+
 import numpy as np
 
 VARIABLE_OPS = {"VAR_HANDLE", "READ_VARIABLE", "ASSIGN_VARIABLE"}
@@ -23,6 +29,8 @@ def check_has_weights(model_bytes):
     That is what converting a Keras 3 model saved with `tf.saved_model.save` produces: a
     0.1 MB file whose outputs are NaN or garbage, with no error from the converter.
     """
+    if model_bytes is None:
+        raise ValueError("no LiteRT model to check: the conversion did not produce one")
     found = VARIABLE_OPS & set(op_names(model_bytes))
     if found:
         raise ValueError(
@@ -37,3 +45,27 @@ def run_signature(model_bytes, x, signature="serving_default"):
     (input_name,) = runner.get_input_details()
     (output,) = runner(**{input_name: np.asarray(x, dtype=np.float32)}).values()
     return output
+
+
+def convert_saved_model(path):
+    """`tf.lite.TFLiteConverter.from_saved_model(path).convert()`, run in a separate process.
+
+    Converting a Keras 3 `tf.saved_model.save` directory gives a weightless model on TF 2.21,
+    but on TF 2.16 it aborts the whole process (`LLVM ERROR: Failed to infer result type(s)`),
+    which in a notebook kills the kernel. In a child process that becomes a RuntimeError.
+    """
+    with tempfile.TemporaryDirectory() as tmp:
+        out = os.path.join(tmp, "model.tflite")
+        code = textwrap.dedent(f"""
+            import tensorflow as tf
+            data = tf.lite.TFLiteConverter.from_saved_model({str(path)!r}).convert()
+            open({out!r}, "wb").write(data)
+        """)
+        env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+        result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+        if result.returncode or not os.path.exists(out):
+            lines = [line for line in result.stderr.splitlines() if line.strip()]
+            raise RuntimeError(f"converting '{path}' failed (exit status {result.returncode}): "
+                               f"{lines[-1] if lines else 'no message'}")
+        with open(out, "rb") as f:
+            return f.read()

@@ -95,3 +95,12 @@ def test_offline_download_raises_a_plain_exception(tmp_path):
     with pytest.raises(Exception, match=r"^URL fetch failure on http://127\.0\.0\.1:9/") as info:
         tf.keras.utils.get_file("nope.bin", "http://127.0.0.1:9/nope.bin", cache_dir=str(tmp_path))
     assert type(info.value) is Exception and is_download_failure(info.value)
+
+
+def test_isolated_conversion_matches_and_reports_failures(conversions, small_savedmodels, tmp_path):
+    from helpers.litert import convert_saved_model
+    root, _ = small_savedmodels
+    _, in_process, _ = conversions
+    assert convert_saved_model(root / "exported" / "1") == in_process
+    with pytest.raises(RuntimeError, match=r"converting '.*missing' failed \(exit status 1\)"):
+        convert_saved_model(tmp_path / "missing")
