@@ -192,42 +192,41 @@ def _kserve_model_class():
 
 # --------------------------------------------------------------------------- the server process
 
-def _request_guard(app, max_bytes):
+class _RequestGuard:
     """ASGI middleware: POST bodies must be JSON and at most `max_bytes`; answered 415/411/413
     with a JSON error (the body is drained, not stored, so the connection stays usable)."""
 
-    async def reply(send, status, message):
+    def __init__(self, app, max_bytes):
+        self.app, self.max_bytes = app, max_bytes
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or scope["method"] != "POST":
+            return await self.app(scope, receive, send)
+        headers = dict(scope["headers"])
+        ctype = headers.get(b"content-type", b"").decode("latin-1").split(";")[0].strip().lower()
+        length = headers.get(b"content-length")
+        if ctype not in ("application/json", ""):
+            return await self._refuse(receive, send, 415,
+                                      f"Content-Type must be application/json, got '{ctype}'")
+        if length is None:
+            return await self._refuse(receive, send, 411, "a Content-Length header is required")
+        if int(length) > self.max_bytes:
+            return await self._refuse(receive, send, 413,
+                                      f"request body of {int(length):,} bytes is over this "
+                                      f"server's limit of {self.max_bytes:,} bytes")
+        return await self.app(scope, receive, send)
+
+    @staticmethod
+    async def _refuse(receive, send, status, message):
+        more = True
+        while more:  # drain the body without keeping it
+            event = await receive()
+            more = event["type"] == "http.request" and event.get("more_body", False)
         body = json.dumps({"error": message}).encode()
         await send({"type": "http.response.start", "status": status,
                     "headers": [(b"content-type", b"application/json"),
                                 (b"content-length", str(len(body)).encode())]})
         await send({"type": "http.response.body", "body": body})
-
-    async def drain(receive):
-        more = True
-        while more:
-            message = await receive()
-            more = message.get("more_body", False) and message["type"] == "http.request"
-
-    async def guard(scope, receive, send):
-        if scope["type"] != "http" or scope["method"] != "POST":
-            return await app(scope, receive, send)
-        headers = dict(scope["headers"])
-        ctype = headers.get(b"content-type", b"").decode("latin-1").split(";")[0].strip().lower()
-        length = headers.get(b"content-length")
-        if ctype not in ("application/json", ""):
-            await drain(receive)
-            return await reply(send, 415, f"Content-Type must be application/json, got '{ctype}'")
-        if length is None:
-            await drain(receive)
-            return await reply(send, 411, "a Content-Length header is required")
-        if int(length) > max_bytes:
-            await drain(receive)
-            return await reply(send, 413, f"request body of {int(length):,} bytes is over this "
-                                          f"server's limit of {max_bytes:,} bytes")
-        return await app(scope, receive, send)
-
-    return guard
 
 
 def _patch_kserve_rest_server(host, max_bytes):
@@ -244,15 +243,7 @@ def _patch_kserve_rest_server(host, max_bytes):
 
         def create_application(self):
             super().create_application()
-            app = kserve.model_server.app
-            app.add_middleware(_GuardMiddleware, max_bytes=max_bytes)
-
-    class _GuardMiddleware:
-        def __init__(self, app, max_bytes):
-            self.guard = _request_guard(app, max_bytes)
-
-        async def __call__(self, scope, receive, send):
-            await self.guard(scope, receive, send)
+            kserve.model_server.app.add_middleware(_RequestGuard, max_bytes=max_bytes)
 
     kserve.model_server.RESTServer = GuardedRESTServer
 

@@ -1,4 +1,6 @@
-"""Shared fixtures: one small training checkpoint, written once per test session."""
+"""Shared fixtures: a small training checkpoint, small SavedModels, and the built HTML book."""
+from pathlib import Path
+
 import pytest
 
 
@@ -15,7 +17,7 @@ def trained(tmp_path_factory):
     return manager, losses
 
 
-ROOT = __import__("pathlib").Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(scope="session")
@@ -23,7 +25,6 @@ def built_book(tmp_path_factory):
     """The HTML book built from the current sources, warnings as errors, into a temporary folder."""
     import subprocess
     import sys
-    from pathlib import Path
     out = tmp_path_factory.mktemp("book")
     result = subprocess.run(
         [str(Path(sys.executable).with_name("jupyter-book")), "build", str(ROOT), "--path-output",
