@@ -3,17 +3,24 @@
 
     .venv/bin/python scripts/execute_notebooks.py                      # every chapter
     .venv/bin/python scripts/execute_notebooks.py notebooks/02_*.ipynb  # some
+    .venv/bin/python scripts/execute_notebooks.py --format-only         # canonical form, no run
     .venv/bin/python scripts/execute_notebooks.py --status-only         # just rewrite status.md
 
-The kernel runs with `capture_fd_output=False`, as under pytest (nbval), so TensorFlow's C++
-start-up lines go to this terminal instead of into the stored outputs, and stored and re-run
-outputs agree. Each notebook records its run time and versions in its metadata
-(`book_execution`); status.md, the book's execution-status page, is generated from them.
+Kernels run exactly as under pytest (scripts/notebook_kernel.py: the start-up file, a scratch
+folder, the offline Keras cache), with `capture_fd_output=False` so TensorFlow's C++ start-up lines
+go to this terminal instead of into the stored outputs.
+
+A re-run only changes what changed: a cell whose new outputs equal the stored ones once the
+differences that tests/sanitize.cfg allows are removed keeps its stored outputs, and a notebook with
+no changed cell keeps its file (and its recorded run time) byte for byte. Notebooks are written in
+one canonical form (no execution timestamps, sorted keys), which tests/test_notebook_hygiene.py checks.
 """
 import argparse
 import datetime
 import importlib.metadata
+import json
 import platform
+import re
 import sys
 import time
 from pathlib import Path
@@ -21,10 +28,40 @@ from pathlib import Path
 import nbformat
 from nbclient import NotebookClient
 from nbclient.exceptions import CellExecutionError
+from nbval.plugin import get_sanitize_patterns
 
-ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from notebook_kernel import ROOT, prepare_environment  # noqa: E402
+
 STATUS = ROOT / "status.md"
+SANITIZE = ROOT / "tests" / "sanitize.cfg"
 KERNELSPEC = {"name": "python3", "display_name": "Python 3 (ipykernel)", "language": "python"}
+CELL_METADATA_NOISE = ("execution", "lines_to_next_cell", "collapsed", "scrolled")
+
+
+def canonical(nb):
+    """The notebook in the book's canonical form: no per-run or editor-only metadata."""
+    for cell in nb.cells:
+        for key in CELL_METADATA_NOISE:
+            cell.metadata.pop(key, None)
+    nb.metadata.pop("jupytext", None)
+    nb.metadata.setdefault("kernelspec", KERNELSPEC)  # Jupyter and Colab then need not ask
+    return nbformat.writes(nb) + "\n"
+
+
+def sanitizers():
+    """tests/sanitize.cfg's (regex, replacement) pairs, read the way nbval reads them."""
+    return [(re.compile(regex), replace) for regex, replace in get_sanitize_patterns(SANITIZE.read_text())]
+
+
+def same_outputs(old, new, rules):
+    """Whether two cells' outputs agree once the allowed run-to-run differences are removed."""
+    def text(outputs):
+        dumped = json.dumps(outputs, sort_keys=True)
+        for regex, replace in rules:
+            dumped = regex.sub(replace, dumped)
+        return dumped
+    return text(old) == text(new)
 
 
 def package_version(*names):
@@ -36,15 +73,23 @@ def package_version(*names):
     return "not installed"
 
 
-def execute(path):
+def execute(path, rules):
+    """Run one notebook; return (seconds, whether its stored file changed)."""
+    stored = nbformat.read(path, as_version=4)
     nb = nbformat.read(path, as_version=4)
-    client = NotebookClient(nb, timeout=600, kernel_name="python3",
+    client = NotebookClient(nb, timeout=600, kernel_name="python3", record_timing=False,
                             resources={"metadata": {"path": str(path.parent)}},
                             extra_arguments=["--IPKernelApp.capture_fd_output=False"])
     start = time.perf_counter()
     client.execute()
     seconds = time.perf_counter() - start
-    nb.metadata.setdefault("kernelspec", KERNELSPEC)  # Jupyter and Colab then need not ask
+    for old, new in zip(stored.cells, nb.cells):
+        if new.cell_type == "code" and same_outputs(old.get("outputs", []), new.outputs, rules):
+            new.outputs = old.outputs
+            new.execution_count = old.execution_count
+    nb.metadata["book_execution"] = stored.metadata.get("book_execution")
+    if canonical(nb) == canonical(stored):
+        return seconds, False
     nb.metadata["book_execution"] = {
         "seconds": round(seconds, 1),
         "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d"),
@@ -52,8 +97,8 @@ def execute(path):
         "tensorflow": package_version("tensorflow", "tensorflow-cpu"),
         "keras": package_version("keras"),
     }
-    nbformat.write(nb, path)
-    return seconds
+    path.write_text(canonical(nb))
+    return seconds, True
 
 
 def status_page(notebooks):
@@ -81,13 +126,22 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("notebooks", nargs="*", type=Path)
     parser.add_argument("--status-only", action="store_true")
+    parser.add_argument("--format-only", action="store_true", help="rewrite in canonical form, run nothing")
     args = parser.parse_args()
     all_notebooks = sorted((ROOT / "notebooks").glob("*.ipynb"))
+    chosen = [p.resolve() for p in args.notebooks] or all_notebooks
     failed = False
-    if not args.status_only:
-        for path in [p.resolve() for p in args.notebooks] or all_notebooks:
+    if args.format_only:
+        for path in chosen:
+            path.write_text(canonical(nbformat.read(path, as_version=4)))
+    elif not args.status_only:
+        prepare_environment()
+        rules = sanitizers()
+        for path in chosen:
             try:
-                print(f"executed {path.relative_to(ROOT)} in {execute(path):.1f} s", flush=True)
+                seconds, changed = execute(path, rules)
+                print(f"executed {path.relative_to(ROOT)} in {seconds:.1f} s"
+                      f"{'' if changed else ' (outputs unchanged)'}", flush=True)
             except CellExecutionError as error:
                 failed = True
                 last = [line for line in str(error).splitlines() if line.strip()][-1]

@@ -5,8 +5,10 @@ compare (tracebacks, execution counts) and the ANSI-coloured text in tracebacks.
 """
 import json
 import re
+import sys
 from pathlib import Path
 
+import nbformat
 import pytest
 
 NOTEBOOKS = sorted(Path(__file__).parent.parent.joinpath("notebooks").glob("*.ipynb"))
@@ -54,3 +56,29 @@ def test_chapter_opens_with_goals_and_ends_with_exercises(path):
     assert first.startswith("# ") and "What you will learn" in first
     assert "## Summary" in text and text.count("{exercise}") >= 2
     assert text.count("{exercise}") == text.count("{solution}")
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_notebook_is_stored_in_canonical_form(path):
+    """No execution timestamps, sorted keys: re-running an unchanged chapter changes no line."""
+    sys.path.insert(0, str(path.parent.parent / "scripts"))
+    from execute_notebooks import canonical
+    text = path.read_text()
+    assert text == canonical(nbformat.reads(text, as_version=4)), \
+        f"{path.name}: run scripts/execute_notebooks.py --format-only {path.relative_to(path.parent.parent)}"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_reader_cells_carry_no_test_machinery(path):
+    """The kernel start-up (scripts/kernel_startup.py) sets up warnings, %xmode and the working
+    folder; test markers are cell tags, not comments readers have to read past."""
+    cells = code_cells(path)
+    first = "".join(cells[0]["source"])
+    assert [line for line in first.splitlines() if line.startswith(("import ", "from "))] == [
+        "import importlib.metadata", "from helpers.environment import require"], first
+    for index, cell in enumerate(cells):
+        source = "".join(cell["source"])
+        for marker in ("formatwarning", "NBVAL_", "%xmode", "os.chdir(tempfile"):
+            assert marker not in source, f"code cell {index} carries {marker!r}"
+        if "nbval-ignore-output" in cell["metadata"].get("tags", []):
+            assert cell["metadata"].get("nbval-ignore-output-reason"), f"code cell {index}: no reason given"
