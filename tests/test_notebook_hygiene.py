@@ -55,7 +55,9 @@ def test_chapter_opens_with_goals_and_ends_with_exercises(path):
     text = "\n".join("".join(c["source"]) for c in cells if c["cell_type"] == "markdown")
     assert first.startswith("# ") and "What you will learn" in first
     assert "## Summary" in text and text.count("{exercise}") >= 2
-    assert text.count("{exercise}") == text.count("{solution}")
+    # every exercise has a solution: prose ({solution}) or executed cells ({solution-start} ... {solution-end})
+    assert text.count("{exercise}") == text.count("{solution}") + text.count("{solution-start}")
+    assert text.count("{solution-start}") == text.count("{solution-end}")
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
