@@ -1,35 +1,83 @@
 #!/usr/bin/env python
-"""Build the student edition: the same book with every exercise solution left out.
+"""Build the student edition: the same book with every exercise solution left out, prose and code.
 
     .venv/bin/python scripts/build_student_edition.py [OUTPUT_DIR]    # default _build/student
 
-The HTML lands in OUTPUT_DIR/_build/html. It uses _config.yml with sphinx-exercise's
-`hide_solutions: true` added, and the same warnings-as-errors build as the main book.
+It writes
+- OUTPUT_DIR/notebooks/*.ipynb: the student notebooks (exercises kept; `{solution}` blocks and the
+  executed solutions between `{solution-start}` and `{solution-end}` removed, outputs included);
+- OUTPUT_DIR/_build/html: the student HTML book, built from those notebooks, so that each page's
+  `.ipynb` download is the student notebook too. Its Colab buttons open the notebooks on the
+  repository's `student` branch (set `--branch`): a teacher publishes the student notebooks there,
+  e.g. `git switch --orphan student`, copy OUTPUT_DIR/notebooks into notebooks/, commit, push.
+  Never push the full notebooks to that branch: they hold the solutions.
 """
+import argparse
+import re
+import shutil
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
+import nbformat
 import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
+SOURCES = ["_config.yml", "_toc.yml", "_ext", "notebooks", "*.md"]
+# A whole `{solution}` directive in MyST: backtick or colon fence, closed by the same fence.
+SOLUTION_BLOCK = re.compile(r"^(?P<fence>`{3,}|:{3,})\{solution\}.*?^(?P=fence)[ \t]*$\n?", re.S | re.M)
+GATE = re.compile(r"^(`{3,}|:{3,})\{solution-(start|end)\}")
+
+
+def student_notebook(nb):
+    """The notebook without solutions: prose solution blocks and gated (executed) solution cells."""
+    cells, inside_gate = [], False
+    for cell in nb.cells:
+        gate = GATE.match(cell.source.lstrip()) if cell.cell_type == "markdown" else None
+        if gate:
+            inside_gate = gate.group(2) == "start"
+            continue
+        if inside_gate:
+            continue
+        if cell.cell_type == "markdown":
+            cell.source = SOLUTION_BLOCK.sub("", cell.source).rstrip("\n")
+            if not cell.source.strip():
+                continue
+        cells.append(cell)
+    if inside_gate:
+        raise ValueError("a {solution-start} has no {solution-end}")
+    nb.cells = cells
+    return nb
 
 
 def main():
-    output = Path(sys.argv[1]) if len(sys.argv) > 1 else ROOT / "_build" / "student"
-    config = yaml.safe_load((ROOT / "_config.yml").read_text())
-    config.setdefault("sphinx", {}).setdefault("config", {})["hide_solutions"] = True
-    config["title"] = config.get("title", "") + " (student edition)"
-    local = config["sphinx"].get("local_extensions", {})  # paths are relative to the config file
-    config["sphinx"]["local_extensions"] = {name: str(ROOT / path) for name, path in local.items()}
-    with tempfile.NamedTemporaryFile("w", suffix=".yml", delete=False) as f:
-        yaml.safe_dump(config, f)
-    jupyter_book = Path(sys.executable).with_name("jupyter-book")
-    result = subprocess.run([str(jupyter_book), "build", str(ROOT), "--config", f.name,
-                             "--path-output", str(output), "-W", "-n", "--keep-going", "-q"])
-    Path(f.name).unlink()
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("output", nargs="?", type=Path, default=ROOT / "_build" / "student")
+    parser.add_argument("--branch", default="student", help="branch the Colab buttons open (default: student)")
+    args = parser.parse_args()
+    output = args.output.resolve()
+    with tempfile.TemporaryDirectory() as tmp:
+        source = Path(tmp) / "book"
+        source.mkdir()
+        for pattern in SOURCES:
+            for path in ROOT.glob(pattern):
+                copy = shutil.copytree if path.is_dir() else shutil.copy2
+                copy(path, source / path.name)
+        (output / "notebooks").mkdir(parents=True, exist_ok=True)
+        for path in sorted((source / "notebooks").glob("*.ipynb")):
+            text = nbformat.writes(student_notebook(nbformat.read(path, as_version=4))) + "\n"
+            path.write_text(text)
+            (output / "notebooks" / path.name).write_text(text)
+        config = yaml.safe_load((source / "_config.yml").read_text())
+        config["title"] = config.get("title", "") + " (student edition)"
+        config["repository"]["branch"] = args.branch
+        (source / "_config.yml").write_text(yaml.safe_dump(config, sort_keys=False))
+        jupyter_book = Path(sys.executable).with_name("jupyter-book")
+        result = subprocess.run([str(jupyter_book), "build", str(source), "--path-output", str(output),
+                                 "-W", "-n", "--keep-going", "-q"])
     if result.returncode == 0:
+        print(f"student notebooks: {output / 'notebooks'}")
         print(f"student edition: {output / '_build' / 'html' / 'index.html'}")
     return result.returncode
 
