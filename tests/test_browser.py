@@ -116,3 +116,77 @@ def test_next_and_previous_navigation(page, site):
     page.wait_for_url("**/02_writing_checkpoints.html")
     page.locator("a.left-prev").click()
     page.wait_for_url("**/01_keras_weights.html")
+
+
+# --- Every page as readers meet it: desktop and phone, light and dark -------------------------
+
+VIEWPORTS = {"desktop": (1300, 900), "phone": (390, 844)}
+
+# WCAG relative luminance and contrast, from the colours the browser actually rendered. A text's
+# backdrop is the first ancestor with an opaque background (the page's, if none).
+CONTRAST_JS = r"""() => {
+  const rgba = s => { const m = s.match(/[\d.]+/g).map(Number); return [m[0], m[1], m[2], m.length > 3 ? m[3] : 1]; };
+  const lum = ([r, g, b]) => { const f = c => { c /= 255; return c <= 0.03928 ? c / 12.92 : ((c + 0.055) / 1.055) ** 2.4; };
+                               return 0.2126 * f(r) + 0.7152 * f(g) + 0.0722 * f(b); };
+  const backdrop = el => { for (let e = el; e; e = e.parentElement) { const c = rgba(getComputedStyle(e).backgroundColor);
+                                                                       if (c[3] > 0.5) return c; }
+                           return rgba(getComputedStyle(document.body).backgroundColor); };
+  const ratio = (a, b) => { const [x, y] = [lum(a), lum(b)].sort((p, q) => q - p); return (x + 0.05) / (y + 0.05); };
+  const worst = [];
+  for (const el of document.querySelectorAll('.cell_output table th, .cell_output table td, .cell_output table code')) {
+    if (!el.textContent.trim()) continue;
+    const r = ratio(rgba(getComputedStyle(el).color), backdrop(el));
+    if (r < 4.5) worst.push(`${el.tagName} "${el.textContent.trim().slice(0, 30)}": ${r.toFixed(2)}:1`);
+  }
+  // A figure is readable on any theme when it brings its own opaque backdrop behind its black text.
+  for (const img of document.querySelectorAll('.cell_output img')) {
+    const c = document.createElement('canvas'); c.width = img.naturalWidth; c.height = img.naturalHeight;
+    const ctx = c.getContext('2d'); ctx.drawImage(img, 0, 0);
+    const corner = ctx.getImageData(1, 1, 1, 1).data;
+    const own = corner[3] === 255 ? [corner[0], corner[1], corner[2]] : backdrop(img);
+    const r = ratio([0, 0, 0], own);
+    if (r < 4.5) worst.push(`figure ${img.src.split('/').pop().slice(0, 20)}: ${r.toFixed(2)}:1`);
+  }
+  return worst;
+}"""
+
+OVERFLOW_JS = """() => document.documentElement.scrollWidth - document.documentElement.clientWidth"""
+
+# The width of the widest element that sticks out of the page's main column (the usual culprits are
+# long unbroken lines in outputs and wide tables that do not scroll in their own box).
+WIDEST_JS = """() => { const w = document.documentElement.clientWidth; let worst = '';
+  for (const el of document.querySelectorAll('main *')) { const r = el.getBoundingClientRect();
+    if (r.right > w + 1 && getComputedStyle(el).position !== 'fixed') {
+      const inScroller = el.closest('.cell_output table, .pst-scrollable-table-container, pre, .highlight');
+      if (!inScroller || inScroller === el) { worst = `${el.tagName}.${el.className}`; break; } } }
+  return worst; }"""
+
+
+def set_theme(page, theme):
+    page.evaluate("t => { document.documentElement.dataset.theme = t; document.documentElement.dataset.mode = t; }", theme)
+    page.wait_for_timeout(50)
+
+
+@pytest.mark.parametrize("entry", PAGES)
+def test_page_reads_well_on_desktop_and_phone_in_light_and_dark(page, site, entry):
+    failed_requests = []
+    page.on("requestfailed", lambda r: r.url.startswith(site) and failed_requests.append(r.url))
+    page.on("response", lambda r: r.status >= 400 and failed_requests.append(f"{r.status} {r.url}"))
+    page.goto(f"{site}/{entry}.html", wait_until="load")
+    page.wait_for_timeout(200)
+    problems = []
+    for name, (width, height) in VIEWPORTS.items():
+        page.set_viewport_size({"width": width, "height": height})
+        for theme in ("light", "dark"):
+            set_theme(page, theme)
+            problems += [f"{name}/{theme}: {p}" for p in page.evaluate(CONTRAST_JS)]
+            if name == "phone":
+                overflow = page.evaluate(OVERFLOW_JS)
+                if overflow > 0:
+                    problems.append(f"{name}/{theme}: page scrolls sideways by {overflow}px ({page.evaluate(WIDEST_JS)})")
+    assert not problems, problems[:10]
+    assert not failed_requests, failed_requests
+    # A page with no icon of its own makes the browser ask for /favicon.ico, a 404 on this site.
+    icon = page.eval_on_selector('link[rel~="icon"]', "l => l.href")
+    assert page.request.get(icon).status == 200, icon
+    assert [e for e in page.errors if "ERR_FAILED" not in e] == []
