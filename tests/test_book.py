@@ -8,6 +8,7 @@ from html.parser import HTMLParser
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
+import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -164,3 +165,29 @@ def test_student_edition_leaks_no_solution(built_book, tmp_path):
     chapter = (html_root / "notebooks" / "01_keras_weights.html").read_text()
     colab = re.findall(r'href="(https://colab[^"]+)"', chapter)
     assert colab and all("/blob/student/" in link for link in colab), colab
+
+
+def test_set_repository_repoints_config_and_every_setup_cell(tmp_path):
+    """scripts/set_repository.py moves the config and all setup cells together, and nothing else."""
+    import shutil
+    sys.path.insert(0, str(ROOT / "scripts"))
+    from set_repository import set_repository
+    shutil.copy(ROOT / "_config.yml", tmp_path / "_config.yml")
+    shutil.copytree(ROOT / "notebooks", tmp_path / "notebooks")
+    before = {p.name: p.read_text() for p in (tmp_path / "notebooks").glob("*.ipynb")}
+    changed = set_repository("a-teacher/ml-course", branch="spring", root=tmp_path)
+    assert len(changed) == 1 + len(NOTEBOOKS)
+    old_config, new_config = (ROOT / "_config.yml").read_text(), (tmp_path / "_config.yml").read_text()
+    assert sum(a != b for a, b in zip(old_config.splitlines(), new_config.splitlines())) == 2
+    assert len(old_config.splitlines()) == len(new_config.splitlines())
+    config = yaml.safe_load(new_config)
+    assert config["repository"] == {**CONFIG["repository"], "url": "https://github.com/a-teacher/ml-course",
+                                    "branch": "spring"}
+    for path in (tmp_path / "notebooks").glob("*.ipynb"):
+        first = "".join(next(c for c in json.loads(path.read_text())["cells"] if c["cell_type"] == "code")["source"])
+        assert re.findall(r"git\+(https://\S+?)[\"']", first) == ["https://github.com/a-teacher/ml-course"]
+        old, new = before[path.name].splitlines(), path.read_text().splitlines()
+        assert sum(a != b for a, b in zip(old, new)) == 1 and len(old) == len(new), path.name
+    assert set_repository("a-teacher/ml-course", branch="spring", root=tmp_path) == []  # idempotent
+    with pytest.raises(ValueError, match="OWNER/REPO"):
+        set_repository("https://github.com/x", root=tmp_path)
