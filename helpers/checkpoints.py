@@ -1,8 +1,9 @@
 """Looking inside a training checkpoint: its files, its keys, its object graph.
 
-Every function takes a checkpoint *prefix* such as ``tf_ckpts/ckpt-5`` (the name `manager.save()`
-returns), or a directory where one is asked for, and raises `NotACheckpointError` naming the path
-when it is given something else.
+Each function wraps a public call the chapters show first (`tf.train.load_checkpoint`,
+`tf.train.list_variables`, `os.listdir`). Like `tf.train.load_checkpoint`, they take a checkpoint
+*prefix* such as ``tf_ckpts/ckpt-5`` (the name `manager.save()` returns) or a directory, read as its
+latest checkpoint; anything else raises `NotACheckpointError` naming the path and what is wrong.
 """
 import os
 import re
@@ -21,14 +22,16 @@ class NotACheckpointError(ValueError):
 
 
 def open_checkpoint(prefix):
-    """A `tf.train.CheckpointReader` for `prefix`, or a `NotACheckpointError` that says what is wrong."""
+    """`tf.train.load_checkpoint(prefix)`, or a `NotACheckpointError` that says what is wrong."""
     prefix = os.fspath(prefix)
     path = Path(prefix)
-    if path.is_dir():
+    if path.is_dir():  # as tf.train.load_checkpoint does: the directory's latest checkpoint
         latest = tf.train.latest_checkpoint(prefix)
-        hint = (f"; its latest checkpoint is '{latest}' (tf.train.latest_checkpoint)" if latest
-                else "; it holds no 'checkpoint' state file naming a latest checkpoint")
-        raise NotACheckpointError(f"'{prefix}' is a directory, not a checkpoint prefix{hint}")
+        if latest is None:
+            raise NotACheckpointError(
+                f"'{prefix}' is a directory with no 'checkpoint' state file naming a latest "
+                "checkpoint; pass a checkpoint prefix (the name manager.save() returns)")
+        prefix, path = latest, Path(latest)
     if path.suffix == ".index" or ".data-" in path.name:
         stem = prefix[: prefix.rindex(".index" if path.suffix == ".index" else ".data-")]
         raise NotACheckpointError(
@@ -115,14 +118,17 @@ def read_object_graph(prefix):
     return trackable_object_graph_pb2.TrackableObjectGraph.FromString(reader.get_tensor(OBJECT_GRAPH_KEY))
 
 
-def assert_restored(status, method="assert_existing_objects_matched"):
-    """Call `status.<method>()` and say whether the restore matched; on failure print why.
+def restored_completely(status, method="assert_existing_objects_matched"):
+    """Whether `status.<method>()` passes: True, or False after printing why it failed.
 
     TensorFlow's AssertionError lists the unmatched objects in no fixed order; this prints the
-    error's first sentence and the unmatched objects' names sorted, and returns False. The
-    failure has then been reported, so the status is marked `expect_partial()`: no repeat of
-    it in warnings logged whenever the status happens to be garbage-collected.
+    error's first sentence and the unmatched objects' names sorted. The failure has then been
+    reported, so the status is marked `expect_partial()`: no repeat of it in warnings logged
+    when the restored objects are garbage-collected.
     """
+    if method not in ("assert_consumed", "assert_existing_objects_matched"):
+        raise ValueError(f"method must be 'assert_consumed' or 'assert_existing_objects_matched', "
+                         f"not {method!r}")
     try:
         getattr(status, method)()
     except AssertionError as error:
@@ -134,3 +140,7 @@ def assert_restored(status, method="assert_existing_objects_matched"):
             print("unmatched:", sorted(a or b.removesuffix(":0") for a, b in names))
         return False
     return True
+
+
+# The old name, for chapters not yet moved to `restored_completely` (it never raised).
+assert_restored = restored_completely

@@ -57,15 +57,16 @@ def test_missing_prefix_names_the_index_file(tmp_path):
         open_checkpoint(tmp_path / "nope")
 
 
-def test_directory_points_to_its_latest_checkpoint(trained):
+def test_directory_reads_as_its_latest_checkpoint_like_tf(trained):
     manager, _ = trained
     directory = os.path.dirname(manager.latest_checkpoint)
-    with pytest.raises(NotACheckpointError, match=r"is a directory.*ckpt-5"):
-        checkpoint_keys(directory)
+    assert checkpoint_keys(directory).rows == checkpoint_keys(manager.latest_checkpoint).rows
+    # the same rule as the public API it wraps
+    assert [key for key, _ in tf.train.list_variables(directory)] == checkpoint_keys(directory).column("key")
 
 
 def test_directory_without_state_file(tmp_path):
-    with pytest.raises(NotACheckpointError, match="is a directory.*no 'checkpoint' state file"):
+    with pytest.raises(NotACheckpointError, match="is a directory with no 'checkpoint' state file"):
         read_object_graph(tmp_path)
 
 
@@ -114,8 +115,8 @@ def test_write_without_save_counter_is_readable(tmp_path):
         "_CHECKPOINTABLE_OBJECT_GRAPH", "v/.ATTRIBUTES/VARIABLE_VALUE"]
 
 
-def test_assert_restored_reports_sorted_unmatched_objects(trained, capsys):
-    from helpers.checkpoints import assert_restored
+def test_restored_completely_reports_sorted_unmatched_objects(trained, capsys):
+    from helpers.checkpoints import restored_completely
     manager, _ = trained
 
     class Renamed(tf.Module):
@@ -125,15 +126,25 @@ def test_assert_restored_reports_sorted_unmatched_objects(trained, capsys):
             self.a_bias = tf.Variable(tf.zeros([5]), name="a_bias")
 
     status = tf.train.Checkpoint(net=Renamed()).restore(manager.latest_checkpoint)
-    assert assert_restored(status) is False
+    assert restored_completely(status) is False
     out = capsys.readouterr().out.splitlines()
     assert out[0].startswith("AssertionError: Found 2 Python objects that were not bound")
     assert out[1] == "unmatched: ['a_bias', 'z_kernel']"  # sorted, whatever order TF listed
 
 
-def test_assert_restored_passes_a_full_restore(trained):
-    from helpers.checkpoints import assert_restored
+def test_restored_completely_passes_a_full_restore(trained, capsys):
+    from helpers.checkpoints import restored_completely
     from helpers.toy import training_objects
     manager, _ = trained
     _, fresh = training_objects(manager.directory)
-    assert assert_restored(fresh.checkpoint.restore(manager.latest_checkpoint), "assert_consumed")
+    assert restored_completely(fresh.checkpoint.restore(manager.latest_checkpoint), "assert_consumed") is True
+    assert capsys.readouterr().out == ""
+
+
+def test_restored_completely_names_a_wrong_method(trained):
+    from helpers.checkpoints import restored_completely
+    manager, _ = trained
+    status = tf.train.Checkpoint().restore(manager.latest_checkpoint)
+    status.expect_partial()
+    with pytest.raises(ValueError, match="'expect_partial'"):
+        restored_completely(status, "expect_partial")
