@@ -1,4 +1,9 @@
-"""The toy model, data and training loop of chapters 2-3 (the study note's, fixed for Keras 3)."""
+"""The toy model, data and training loop of chapters 1-4 (the study note's, fixed for Keras 3).
+
+The chapters type this code in cells: `Net` in chapter 1, `toy_dataset`, `train_step` and
+`train_and_checkpoint` in chapter 2. tests/test_toy.py checks that each cell equals its function
+here, so change both together.
+"""
 import tensorflow as tf
 
 
