@@ -16,6 +16,7 @@ no changed cell keeps its file (and its recorded run time) byte for byte. Notebo
 one canonical form (no execution timestamps, sorted keys), which tests/test_notebook_hygiene.py checks.
 """
 import argparse
+import copy
 import datetime
 import importlib.metadata
 import json
@@ -39,11 +40,25 @@ KERNELSPEC = {"name": "python3", "display_name": "Python 3 (ipykernel)", "langua
 CELL_METADATA_NOISE = ("execution", "lines_to_next_cell", "collapsed", "scrolled")
 
 
+def merged_streams(outputs):
+    """Consecutive stdout (or stderr) chunks as one output: how they are split depends on timing."""
+    merged = []
+    for out in copy.deepcopy(outputs):
+        if (out.get("output_type") == "stream" and merged and merged[-1].get("output_type") == "stream"
+                and merged[-1].get("name") == out.get("name")):
+            merged[-1]["text"] = merged[-1]["text"] + out["text"]
+        else:
+            merged.append(out)
+    return merged
+
+
 def canonical(nb):
-    """The notebook in the book's canonical form: no per-run or editor-only metadata."""
+    """The notebook in the book's canonical form: no per-run or editor-only metadata, streams merged."""
     for cell in nb.cells:
         for key in CELL_METADATA_NOISE:
             cell.metadata.pop(key, None)
+        if cell.cell_type == "code":
+            cell.outputs = merged_streams(cell.outputs)
     nb.metadata.pop("jupytext", None)
     nb.metadata.setdefault("kernelspec", KERNELSPEC)  # Jupyter and Colab then need not ask
     return nbformat.writes(nb) + "\n"
@@ -84,9 +99,11 @@ def execute(path, rules):
     client.execute()
     seconds = time.perf_counter() - start
     for old, new in zip(stored.cells, nb.cells):
-        if new.cell_type == "code" and same_outputs(old.get("outputs", []), new.outputs, rules):
-            new.outputs = old.outputs
-            new.execution_count = old.execution_count
+        if new.cell_type != "code":
+            continue
+        new.outputs = merged_streams(new.outputs)
+        if same_outputs(merged_streams(old.get("outputs", [])), new.outputs, rules):
+            new.outputs = merged_streams(old.outputs)  # keep what differs only where sanitize.cfg allows
     nb.metadata["book_execution"] = stored.metadata.get("book_execution")
     if canonical(nb) == canonical(stored):
         return seconds, False
