@@ -181,6 +181,10 @@ def test_page_reads_well_on_desktop_and_phone_in_light_and_dark(page, site, entr
             set_theme(page, theme)
             problems += [f"{name}/{theme}: {p}" for p in page.evaluate(CONTRAST_JS)]
             if name == "phone":
+                shrunk = page.eval_on_selector_all(
+                    ".cell_output img", "imgs => imgs.filter(i => i.getBoundingClientRect().width < 0.95 * i.naturalWidth)"
+                                        ".map(i => `${Math.round(i.getBoundingClientRect().width)} of ${i.naturalWidth} px`)")
+                problems += [f"{name}/{theme}: figure shrunk to {s}, its labels too small" for s in shrunk]
                 overflow = page.evaluate(OVERFLOW_JS)
                 if overflow > 0:
                     problems.append(f"{name}/{theme}: page scrolls sideways by {overflow}px ({page.evaluate(WIDEST_JS)})")
