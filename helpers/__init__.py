@@ -9,7 +9,9 @@ SavedModels (chapters 4-7):
 - `helpers.savedmodel`: signature summaries, `saved_model_cli`, clear errors for bad paths.
 - `helpers.disk`: directory trees and sizes.  `helpers.imagenet`: MobileNet online or offline.
 - `helpers.litert`: running LiteRT models and catching weightless conversions.
-- `helpers.measure`: medians of repeated timings.  `helpers.serving`: a model server in a notebook.
+- `helpers.measure`: medians of repeated timings, with an untimed setup.
+- `helpers.model_server`: a model server as a child process (start, wait until ready, stop by PID);
+  `helpers.kserve_engine`: TF Serving's REST API on KServe, where the real server is absent.
 
 Around the book: `helpers.environment` (version checks), `helpers.legacy` (running Keras 2 code),
 `helpers.table` and `helpers.display` (printing tables, showing helper source).

@@ -28,7 +28,16 @@ import tensorflow as tf
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 from helpers.imagenet import standin  # noqa: E402
-from helpers.serving import ModelServer  # noqa: E402
+from helpers.model_server import ModelServer  # noqa: E402
+
+
+class UnfrozenServer(ModelServer):
+    """The KServe engine with `gc.freeze()` made a no-op, to measure what freezing saves."""
+
+    def command(self):
+        python, _, module, *flags = super().command()
+        return [python, "-c", "import gc, runpy; gc.freeze = lambda: None; "
+                f"runpy.run_module({module!r}, run_name='__main__')", *flags]
 
 
 def percentiles(seconds):
@@ -53,9 +62,9 @@ def throughput(fn, clients, per_client):
     return clients * per_client / (time.perf_counter() - start)
 
 
-def serve_round(base, x, body_bytes, n, clients, flags=()):
+def serve_round(base, x, body_bytes, n, clients, server_class=ModelServer):
     start = time.perf_counter()
-    server = ModelServer("mobilenet", base, extra_flags=flags).start()
+    server = server_class("mobilenet", base, engine="kserve").start()
     startup = time.perf_counter() - start
     url = f"{server.url}/v1/models/mobilenet:predict"
     session = requests.Session()
@@ -115,7 +124,7 @@ def main():
     in_process_rps = throughput(lambda: fn(image=tf.constant(x)), args.clients, args.requests)
 
     rounds = [serve_round("mobilenet", x, body, args.requests, args.clients) for _ in range(args.rounds)]
-    no_freeze = serve_round("mobilenet", x, body, args.requests, args.clients, flags=["--no_gc_freeze"])
+    no_freeze = serve_round("mobilenet", x, body, args.requests, args.clients, UnfrozenServer)
 
     def median(key, i=None):
         values = [r[key] if i is None else r[key][i] for r in rounds]
