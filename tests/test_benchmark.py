@@ -1,0 +1,103 @@
+"""helpers.benchmark on a tiny model, so the chapter-9 benchmark cannot rot."""
+import gc
+import time
+
+import pytest
+
+from helpers import benchmark
+
+
+def test_repeat_drops_warmup_runs_setup_untimed_and_keeps_gc_on():
+    calls, gc_on = [], []
+
+    def setup():
+        calls.append("setup")
+        time.sleep(0.05)  # not timed
+
+    def stmt():
+        calls.append("run")
+        gc_on.append(gc.isenabled())
+
+    times = benchmark.repeat(stmt, setup, repeats=3, warmup=2)
+    assert calls == ["setup", "run"] * 5
+    assert len(times) == 3 and all(t < 0.05 for t in times)
+    assert all(gc_on)
+
+
+def test_repeat_rejects_no_repeats():
+    with pytest.raises(ValueError, match="need repeats >= 1"):
+        benchmark.repeat(lambda: None, repeats=0)
+
+
+def test_drop_cache_evicts_the_pages_that_a_read_brought_in(tmp_path):
+    folder = tmp_path / "artifact"
+    folder.mkdir()
+    (folder / "a.bin").write_bytes(b"x" * 300_000)
+    (folder / "sub").mkdir()
+    (folder / "sub" / "b.bin").write_bytes(b"y" * 100_000)
+    benchmark.fsync_tree(folder)
+    for f in benchmark.files_under(folder):
+        f.read_bytes()
+    assert benchmark.resident_fraction(folder) == 1.0
+    benchmark.drop_cache(folder)
+    assert benchmark.resident_fraction(folder) == 0.0
+
+
+def test_files_under_names_the_missing_path(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nothing' does not exist"):
+        benchmark.files_under(tmp_path / "nothing")
+
+
+def test_raw_file_end_to_end_in_child_processes(tmp_path):
+    result = benchmark.measure("raw file", 32, 2, tmp_path / "raw", repeats=2, warmup=1)
+    assert result["bytes"] == result["variable_bytes"] == benchmark.variable_bytes(32, 2) == 8448
+    save = result["save"]
+    assert len(save["durable"]["samples"]) == 2
+    assert save["returned"]["median"] <= save["durable"]["median"]
+    assert result["load"]["median"] > 0
+    warm = benchmark.measure_warm_read(32, 2, tmp_path / "raw", repeats=2, warmup=0)
+    assert len(warm["samples"]) == 2
+
+
+def test_saves_and_loads_check_each_other(tmp_path):
+    import numpy as np
+    folder = tmp_path / "h5"
+    saved = benchmark.save_child(".weights.h5", 16, 2, folder, repeats=2, warmup=1)
+    assert [f.name for f in benchmark.files_under(folder)] == ["model.weights.h5"]
+    assert len(saved["durable"]) == len(saved["returned"]) == 2
+    assert all(r <= d for r, d in zip(saved["returned"], saved["durable"]))
+    assert saved["memory_peak"] >= saved["memory_base"] > 0
+    loaded = benchmark.load_child(".weights.h5", 16, 2, folder)
+    np.testing.assert_allclose(loaded["output"], saved["output"], rtol=1e-6)
+    assert loaded["output"] != [0.0] * 8  # the zero-initialised model really was overwritten
+
+
+def test_async_checkpoint_reports_blocking_written_and_durable(tmp_path):
+    saved = benchmark.save_child("Checkpoint.write async", 16, 2, tmp_path / "a", repeats=2, warmup=1)
+    for returned, written, durable in zip(saved["returned"], saved["written"], saved["durable"]):
+        assert returned <= written <= durable
+    assert sorted(f.name for f in benchmark.files_under(tmp_path / "a")) == [
+        "ckpt.data-00000-of-00001", "ckpt.index"]
+
+
+def test_summary_compares_each_format_with_the_raw_file():
+    def entry(returned, durable, load, nbytes=200):
+        stats = lambda t: {"median": t, "min": t, "max": t, "samples": [t]}  # noqa: E731
+        return {"bytes": nbytes, "variable_bytes": 100, "save": {"returned": stats(returned),
+                "durable": stats(durable)}, "load": stats(load),
+                "save_memory": {"base": 0, "peak": 300}, "load_memory": {"base": 0, "peak": 50}}
+    size = {"formats": {"raw file": entry(0.1, 1.0, 0.5, 100), "Checkpoint.write": entry(0.5, 2.0, 2.0)}}
+    size["formats"]["Checkpoint.write async"] = entry(0.2, 4.0, 0)
+    del size["formats"]["Checkpoint.write async"]["load"]
+    rows = benchmark.summary(size)
+    ckpt = rows["Checkpoint.write"]
+    assert ckpt["save_fraction"] == 0.5 and ckpt["returned_fraction"] == 2.0
+    assert ckpt["load_fraction"] == 0.25 and ckpt["size_ratio"] == 2.0 and ckpt["fsync_share"] == 0.75
+    assert ckpt["save_memory"] == 3.0 and ckpt["load_memory"] == 0.5
+    assert rows["Checkpoint.write async"]["load"] == 2.0  # the files of the sync checkpoint
+    assert rows["raw file"]["save_fraction"] == 1.0
+
+
+def test_unknown_format_is_named():
+    with pytest.raises(ValueError, match="unknown format 'pickle'"):
+        benchmark.measure("pickle", 8, 1, "unused")
