@@ -6,8 +6,9 @@
 
 Each round starts a fresh server (its start-up time is measured), sends single-image requests one
 at a time, then from 4 concurrent clients, and stops it. Reported: medians over rounds of each
-round's p50 / p95, and throughput. One extra round runs the server without gc.freeze().
-Writes benchmarks/serving.json and prints the Markdown table the serving chapter quotes.
+round's p50 / p95, and throughput. One extra round runs the server with gc.freeze() made a
+no-op (`UnfrozenServer`). Writes benchmarks/serving.json, from which chapter 7 builds its latency
+table, and prints the same numbers as a Markdown table.
 """
 import argparse
 import concurrent.futures
