@@ -13,6 +13,10 @@ SavedModels (chapters 4-7):
 - `helpers.model_server`: a model server as a child process (start, wait until ready, stop by PID);
   `helpers.kserve_engine`: TF Serving's REST API on KServe, where the real server is absent.
 
+Trust (chapter 11):
+- `helpers.sandbox`: loading a model you did not write in a child process with a time limit, a
+  memory limit, a fresh HOME and no network.
+
 Around the book: `helpers.environment` (version checks), `helpers.legacy` (running Keras 2 code),
 `helpers.table` and `helpers.display` (printing tables, showing helper source).
 """
