@@ -4,10 +4,8 @@
 comparison runs as its own Python process; its standard output is printed.
 """
 import importlib.util
-import os
-import subprocess
-import sys
-import textwrap
+
+from . import _child
 
 
 def run_with_legacy_keras(code, timeout=300):
@@ -15,10 +13,7 @@ def run_with_legacy_keras(code, timeout=300):
     if importlib.util.find_spec("tf_keras") is None:
         raise RuntimeError("legacy Keras is not installed: pip install --no-deps 'tf-keras==2.21.*' "
                            "(--no-deps keeps it from pulling a second TensorFlow wheel)")
-    env = {**os.environ, "TF_USE_LEGACY_KERAS": "1", "TF_CPP_MIN_LOG_LEVEL": "3"}
-    result = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True,
-                            text=True, env=env, timeout=timeout)
+    result = _child.run_python(code, env={"TF_USE_LEGACY_KERAS": "1"}, timeout=timeout)
     print(result.stdout, end="")
     if result.returncode:
-        lines = [line for line in result.stderr.splitlines() if line.strip()]
-        raise RuntimeError(f"the legacy-Keras process failed: {lines[-1] if lines else result.returncode}")
+        raise RuntimeError(f"the legacy-Keras process failed: {_child.last_error(result.stderr)}")

@@ -1,11 +1,10 @@
 """Running a converted LiteRT (TFLite) model, and telling a weightless conversion from a real one."""
 import os
-import subprocess
-import sys
 import tempfile
-import textwrap
 
 import numpy as np
+
+from . import _child
 
 VARIABLE_OPS = {"VAR_HANDLE", "READ_VARIABLE", "ASSIGN_VARIABLE"}
 
@@ -56,16 +55,13 @@ def convert_saved_model(path):
     """
     with tempfile.TemporaryDirectory() as tmp:
         out = os.path.join(tmp, "model.tflite")
-        code = textwrap.dedent(f"""
+        result = _child.run_python(f"""
             import tensorflow as tf
             data = tf.lite.TFLiteConverter.from_saved_model({str(path)!r}).convert()
             open({out!r}, "wb").write(data)
         """)
-        env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
-        result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
         if result.returncode or not os.path.exists(out):
-            lines = [line for line in result.stderr.splitlines() if line.strip()]
             raise RuntimeError(f"converting '{path}' failed (exit status {result.returncode}): "
-                               f"{lines[-1] if lines else 'no message'}")
+                               f"{_child.last_error(result.stderr)}")
         with open(out, "rb") as f:
             return f.read()

@@ -3,13 +3,12 @@
 Functions take the SavedModel *directory* (the one holding `saved_model.pb`) and raise
 `NotASavedModelError` / `MissingSignatureError` naming the path or signature at fault.
 """
-import os
-import subprocess
 import sys
 from pathlib import Path
 
 import tensorflow as tf
 
+from . import _child
 from .table import Table
 
 
@@ -85,29 +84,18 @@ def saved_model_cli(*args, max_lines=16):
 
     The same as typing `saved_model_cli ...` in a shell. The list of ops that `show --all`
     prints is a set in random order, so that line is left out; output past `max_lines` lines
-    is cut (a MobileNet result is 170 lines of numbers); on failure the last line of the
-    error is printed instead of the whole traceback.
+    is cut (a MobileNet result is 250 lines of numbers); on failure the final error line of
+    the traceback is printed instead of the whole traceback.
     """
-    cmd = [sys.executable, "-m", "tensorflow.python.tools.saved_model_cli", *map(str, args)]
-    env = {"TF_CPP_MIN_LOG_LEVEL": "3", "TF_ENABLE_ONEDNN_OPTS": "0"}
-    result = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, **env})
+    if max_lines < 0:
+        raise ValueError(f"max_lines must be 0 or more, got {max_lines}")
+    result = _child.run([sys.executable, "-m", "tensorflow.python.tools.saved_model_cli", *args],
+                        env={"TF_ENABLE_ONEDNN_OPTS": "0"})
     print("$ saved_model_cli " + " ".join(map(str, args)))
     lines = [line for line in result.stdout.splitlines() if UNORDERED_OPS_LINE not in line]
     for line in lines[:max_lines]:
         print(line)
     if len(lines) > max_lines:
-        print(f"... ({len(lines) - max_lines} more lines)")
+        print(f"... (output cut at max_lines={max_lines})")
     if result.returncode:
-        print(f"exit status {result.returncode}: {last_error(result.stderr)}")
-
-
-def last_error(stderr):
-    """The final `SomeError: message` of a traceback, with the message's first line if it wraps."""
-    lines = [line.strip() for line in stderr.splitlines() if line.strip()]
-    for i in range(len(lines) - 1, -1, -1):
-        if "Error" in lines[i].split(":")[0]:
-            text = lines[i].rsplit(".", 1)[-1] if lines[i].startswith("tensorflow.") else lines[i]
-            if text.endswith(":") and i + 1 < len(lines):
-                text += " " + lines[i + 1].split(". ")[0].rstrip(".") + "."
-            return text
-    return "failed"
+        print(f"exit status {result.returncode}: {_child.last_error(result.stderr)}")

@@ -1,13 +1,14 @@
-"""helpers.imagenet (the offline decision), helpers.litert (weightless models), helpers.measure."""
+"""helpers.imagenet (the offline decision, corrupt caches) and helpers.litert (weightless models)."""
 import functools
+import urllib.error
 
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from helpers.imagenet import is_download_failure, pretrained_or_standin, standin, top5
+from helpers.imagenet import (CorruptCacheError, is_download_failure, pretrained_or_standin,
+                             standin)
 from helpers.litert import check_has_weights, op_names, run_signature
-from helpers.measure import median_seconds
 
 SMALL = functools.partial(tf.keras.applications.MobileNet, alpha=0.25, input_shape=(96, 96, 3))
 
@@ -41,8 +42,24 @@ def test_other_errors_are_not_swallowed():
 
 def test_download_failure_detection():
     assert is_download_failure(Exception("URL fetch failure on https://x: None -- timed out"))
-    assert is_download_failure(OSError("network unreachable"))
+    assert is_download_failure(urllib.error.URLError("network unreachable"))
     assert not is_download_failure(ValueError("The `weights` argument should be ..."))
+    # what h5py raises for a corrupt cached weights file: not a failed download
+    assert not is_download_failure(OSError("Unable to synchronously open file (file signature not found)"))
+
+
+def test_corrupt_cached_weights_are_named_not_replaced(tmp_path, monkeypatch):
+    """A junk file where Keras caches MobileNet's weights: an error naming it, not the stand-in."""
+    import keras.src.backend.config as keras_config
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path))
+    monkeypatch.setattr(keras_config, "_KERAS_DIR", str(tmp_path))  # Keras reads KERAS_HOME at import
+    (tmp_path / "models").mkdir()
+    cached = tmp_path / "models" / "mobilenet_2_5_128_tf.h5"  # the file MobileNet(alpha=0.25, 128 px) reads
+    cached.write_bytes(b"<html>captive portal</html>")
+    build = functools.partial(tf.keras.applications.MobileNet, alpha=0.25, input_shape=(128, 128, 3))
+    with pytest.raises(CorruptCacheError, match=rf"cached weights file '{cached}' is corrupt "
+                       r"\(Unable to synchronously open file.*\): delete it"):
+        pretrained_or_standin(build)
 
 
 def test_standin_is_deterministic_and_not_uniform():
@@ -50,12 +67,6 @@ def test_standin_is_deterministic_and_not_uniform():
     a, b = standin(SMALL)(x).numpy(), standin(SMALL)(x).numpy()
     np.testing.assert_array_equal(a, b)
     assert a.std() > 1e-6  # an untrained MobileNet scores every class exactly 1/1000
-
-
-def test_top5_skips_background():
-    labels = np.array(["background", "a", "b", "c", "d", "e", "f"])
-    probs = np.array([[0.1, 0.5, 0.0, 0.2, 0.3, 0.05]])
-    assert list(top5(probs, labels)) == ["b", "e", "d", "a", "f"]
 
 
 @pytest.fixture(scope="module")
@@ -73,21 +84,20 @@ def test_export_conversion_matches_keras(conversions):
     assert "VAR_HANDLE" not in op_names(good)
 
 
+def test_run_signature_is_the_chapters_runner_call(conversions):
+    """Chapter 5 shows Interpreter + get_signature_runner before using run_signature: same output."""
+    from ai_edge_litert.interpreter import Interpreter
+    _, good, _ = conversions
+    x = np.array([[0.5, 1., -1.]], dtype=np.float32)
+    runner = Interpreter(model_content=good).get_signature_runner("serving_default")
+    np.testing.assert_array_equal(run_signature(good, x), runner(features=x)["output_0"])
+
+
 def test_weightless_conversion_is_detected(conversions):
     _, _, weightless = conversions
     assert "VAR_HANDLE" in op_names(weightless)
     with pytest.raises(ValueError, match=r"variable ops \['READ_VARIABLE', 'VAR_HANDLE'\].*weights are missing"):
         check_has_weights(weightless)
-
-
-def test_median_of_repeats_with_untimed_setup():
-    calls = []
-    median, low, high = median_seconds(lambda: calls.append("run"), repeats=3,
-                                       setup=lambda: calls.append("setup"))
-    assert calls == ["setup", "run"] * 3
-    assert 0 <= low <= median <= high
-    with pytest.raises(ValueError, match="at least 1"):
-        median_seconds(lambda: None, repeats=0)
 
 
 def test_offline_download_raises_a_plain_exception(tmp_path):

@@ -1,0 +1,56 @@
+"""Running a command line or Python code in a child process: the one way the helpers do it.
+
+Three helpers need a process of their own: `saved_model_cli` is a separate program, legacy Keras
+must be chosen before TensorFlow is imported, and the LiteRT converter can abort the whole
+process. They share this module, so the environment, the time limit and the error message are
+the same for all three: a failure is reported as the final `SomeError: message` of the child's
+traceback.
+"""
+import os
+import subprocess
+import sys
+import textwrap
+
+QUIET = {"TF_CPP_MIN_LOG_LEVEL": "3"}  # TensorFlow's C++ start-up lines would bury the error
+
+
+def run(args, env=None, timeout=600):
+    """Run `args` with this environment plus `QUIET` and `env`; return the `CompletedProcess`.
+
+    Output is captured as text; a child still running after `timeout` seconds is killed and
+    reported as a `RuntimeError` naming the command.
+    """
+    if isinstance(args, str) or not args:
+        raise TypeError(f"args must be a non-empty list of program and arguments, got {args!r}")
+    args = [str(arg) for arg in args]
+    try:
+        return subprocess.run(args, capture_output=True, text=True, timeout=timeout,
+                              env={**os.environ, **QUIET, **(env or {})})
+    except subprocess.TimeoutExpired:
+        raise RuntimeError(f"{describe(args)} did not finish within {timeout} s") from None
+
+
+def run_python(code, env=None, timeout=600):
+    """Run `code` (dedented) with this notebook's Python interpreter, as `run` does."""
+    return run([sys.executable, "-c", textwrap.dedent(code)], env=env, timeout=timeout)
+
+
+def describe(args):
+    """A short name for a command line in messages: `python -c ...` instead of the whole program."""
+    if len(args) > 2 and args[1] == "-c":
+        return "python -c ..."
+    return " ".join(os.path.basename(arg) if i == 0 else arg for i, arg in enumerate(args))
+
+
+def last_error(stderr):
+    """The final `SomeError: message` of a traceback in `stderr` (joined with the message's first
+    line if the error line ends with ':'), else the last line, else 'no message'."""
+    lines = [line.strip() for line in stderr.splitlines() if line.strip()]
+    for i in range(len(lines) - 1, -1, -1):
+        head = lines[i].split(":")[0]
+        if "Error" in head or head.endswith("ERROR"):
+            text = head.rsplit(".", 1)[-1] + lines[i][len(head):]  # no module path before the name
+            if text.endswith(":") and i + 1 < len(lines):
+                text += " " + lines[i + 1].split(". ")[0].rstrip(".") + "."
+            return text
+    return lines[-1] if lines else "no message"
