@@ -1,17 +1,29 @@
-"""Timing for chapter 6: the median of a few repeats, and the spread, never a single run."""
+"""Timing for chapter 6: the median of a few repeats and their spread, never a single run."""
 import statistics
 import time
+from typing import Any, NamedTuple
 
 
-def median_seconds(fn, repeats=3, setup=None):
-    """Run `setup()` (untimed) then `fn()` `repeats` times; return (median, min, max) in seconds."""
+class Timing(NamedTuple):
+    """Seconds over the repeats, and what the last timed call returned (to check it)."""
+    median: float
+    min: float
+    max: float
+    result: Any
+
+
+def time_calls(fn, repeats=3, setup=None):
+    """Call `fn` `repeats` times and time each call; return a `Timing`.
+
+    With `setup`, each call is `fn(setup())`: the setup runs before the clock starts and its
+    result (a fresh model to load into, a path) is passed on, so nothing has to go through globals.
+    """
     if repeats < 1:
         raise ValueError(f"repeats must be at least 1, got {repeats}")
     times = []
     for _ in range(repeats):
-        if setup is not None:
-            setup()
+        args = () if setup is None else (setup(),)
         start = time.perf_counter()
-        fn()
+        result = fn(*args)
         times.append(time.perf_counter() - start)
-    return statistics.median(times), min(times), max(times)
+    return Timing(statistics.median(times), min(times), max(times), result)
