@@ -48,11 +48,10 @@ class ModelServer:
     """One model server as a subprocess: `start()`, `url`, `stop()`; also a context manager.
 
     `engine` is "tensorflow_model_server" when that binary is on PATH, else "kserve".
-    The server's output goes to `log_path` (a temporary file unless given).
+    The server's output goes to a temporary file, `log_path`.
     """
 
-    def __init__(self, model_name, model_base_path, port=None, engine=None, log_path=None,
-                 max_request_bytes=None):
+    def __init__(self, model_name, model_base_path, port=None, engine=None, max_request_bytes=None):
         if not Path(model_base_path).is_dir():
             raise FileNotFoundError(f"model base path '{model_base_path}' is not a directory")
         self.model_name = model_name
@@ -60,10 +59,8 @@ class ModelServer:
         self.port = port or free_port()
         self.engine = engine or ("tensorflow_model_server" if shutil.which("tensorflow_model_server")
                                  else "kserve")
-        if log_path is None:
-            descriptor, log_path = tempfile.mkstemp(prefix=f"{model_name}-server-", suffix=".log")
-            os.close(descriptor)  # start() opens it by name
-        self.log_path = log_path
+        descriptor, self.log_path = tempfile.mkstemp(prefix=f"{model_name}-server-", suffix=".log")
+        os.close(descriptor)  # start() opens it by name
         self.max_request_bytes = max_request_bytes
         self.process = None
 
