@@ -7,7 +7,8 @@ Checkpoints (chapters 1-3):
 
 SavedModels (chapters 4-7):
 - `helpers.savedmodel`: signature summaries, `saved_model_cli`, clear errors for bad paths.
-- `helpers.disk`: directory trees and sizes.  `helpers.imagenet`: MobileNet online or offline.
+- `helpers.disk`: directory trees and sizes.  `helpers.imagenet`: MobileNet's ImageNet weights from
+  the network or Keras's cache, else a labelled stand-in; a corrupt cached file is named.
 - `helpers.litert`: running LiteRT models and catching weightless conversions.
 - `helpers.measure`: medians of repeated timings, with an untimed setup.
 - `helpers.model_server`: a model server as a child process (start, wait until ready, stop by PID);
@@ -18,5 +19,6 @@ Trust (chapter 11):
   memory limit, a fresh HOME and no network.
 
 Around the book: `helpers.environment` (version checks), `helpers.legacy` (running Keras 2 code),
-`helpers.table` and `helpers.display` (printing tables, showing helper source).
+`helpers.table` and `helpers.display` (printing tables, showing helper source). `helpers._child`
+(private) is how `saved_model_cli`, the LiteRT converter and legacy Keras run as child processes.
 """
