@@ -1,5 +1,6 @@
 """helpers.checkpoints: keys, files and the errors a reader gets for a wrong path."""
 import os
+import re
 import shutil
 
 import pytest
@@ -148,3 +149,122 @@ def test_restored_completely_names_a_wrong_method(trained):
     status.expect_partial()
     with pytest.raises(ValueError, match="'expect_partial'"):
         restored_completely(status, "expect_partial")
+
+
+# Damaged checkpoints: every one named in a NotACheckpointError, and restore_newest_loadable
+# falls back past it to the newest checkpoint that loads (chapter 10's corruption table).
+
+def _copy_of_run(trained, tmp_path):
+    manager, _ = trained
+    directory = tmp_path / "run"
+    shutil.copytree(manager.directory, directory)
+    return directory
+
+
+def _truncate(path):
+    os.truncate(path, os.path.getsize(path) // 2)
+
+
+def _flip_bytes(path):
+    data = bytearray(path.read_bytes())
+    for i in range(len(data) - 20, len(data) - 16):  # inside the last value, not its framing
+        data[i] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+DAMAGE = {
+    "truncated .data": (lambda d: _truncate(d / "ckpt-5.data-00000-of-00001"),
+                        r"ckpt-5' is damaged.*ckpt-5\.data-00000-of-00001'.*Read less bytes than requested"),
+    "flipped bytes": (lambda d: _flip_bytes(d / "ckpt-5.data-00000-of-00001"),
+                      r"ckpt-5' is damaged.*Checksum does not match"),
+    "missing .index": (lambda d: (d / "ckpt-5.index").unlink(),
+                       r"ckpt-5' has data .* but no index: '.*ckpt-5\.index' does not exist"),
+}
+
+
+@pytest.mark.parametrize("damage", DAMAGE)
+def test_damaged_checkpoint_is_named(trained, tmp_path, damage):
+    directory = _copy_of_run(trained, tmp_path)
+    harm, message = DAMAGE[damage]
+    harm(directory)
+    with pytest.raises(NotACheckpointError, match=message):
+        open_checkpoint(str(directory / "ckpt-5"))
+    if damage != "missing .index":  # listing keys reads the values too
+        with pytest.raises(NotACheckpointError, match=message):
+            checkpoint_keys(str(directory / "ckpt-5"))
+
+
+def test_truncated_data_passes_tf_load_checkpoint(trained, tmp_path):
+    """Why open_checkpoint reads the values: TF's reader opens only the index."""
+    directory = _copy_of_run(trained, tmp_path)
+    _truncate(directory / "ckpt-5.data-00000-of-00001")
+    reader = tf.train.load_checkpoint(str(directory / "ckpt-5"))
+    assert "step/.ATTRIBUTES/VARIABLE_VALUE" in reader.get_variable_to_shape_map()
+
+
+def test_garbage_state_file_is_an_error_not_a_fresh_start(trained, tmp_path):
+    from helpers.checkpoints import latest_checkpoint
+    directory = _copy_of_run(trained, tmp_path)
+    (directory / "checkpoint").write_text("}{ not a state file")
+    assert tf.train.latest_checkpoint(str(directory)) is None  # TF: a warning, then "no checkpoint"
+    with pytest.raises(NotACheckpointError, match=r"checkpoint' is not a checkpoint state file \(ParseError"):
+        latest_checkpoint(directory)
+    with pytest.raises(NotACheckpointError, match="is not a checkpoint state file"):
+        checkpoint_keys(directory)
+
+
+def test_state_file_naming_a_missing_checkpoint(trained, tmp_path):
+    from helpers.checkpoints import latest_checkpoint
+    directory = _copy_of_run(trained, tmp_path)
+    for file in directory.glob("ckpt-5.*"):
+        file.unlink()
+    with pytest.raises(NotACheckpointError, match=r"names '.*ckpt-5' as the latest.*ckpt-5\.index' does not exist"):
+        latest_checkpoint(directory)
+
+
+def test_interrupted_saves_are_listed_shown_and_removed(trained, tmp_path):
+    from helpers.checkpoints import interrupted_saves, remove_interrupted_saves
+    directory = _copy_of_run(trained, tmp_path)
+    temp = directory / "ckpt-6_temp"
+    temp.mkdir()
+    (temp / "part-00000-of-00001.data-00000-of-00001").write_bytes(b"x" * 10)
+    assert interrupted_saves(directory) == [str(temp)]
+    roles = dict(zip(checkpoint_files(directory).column("file"), checkpoint_files(directory).column("role")))
+    assert roles["ckpt-6_temp/"].startswith("interrupted save")
+    assert remove_interrupted_saves(directory) == [str(temp)]
+    assert not temp.exists() and interrupted_saves(directory) == []
+    assert (directory / "ckpt-5.index").exists()
+
+
+def _fresh_checkpoint(directory):
+    from helpers.toy import training_objects
+    _, manager = training_objects(str(directory))
+    return manager.checkpoint
+
+
+@pytest.mark.parametrize("damage", [*DAMAGE, "garbage state file"])
+def test_restore_newest_loadable_skips_the_damaged_one(trained, tmp_path, damage):
+    from helpers.checkpoints import restore_newest_loadable
+    directory = _copy_of_run(trained, tmp_path)
+    if damage == "garbage state file":
+        (directory / "checkpoint").write_text("}{ not a state file")
+    else:
+        DAMAGE[damage][0](directory)
+    checkpoint = _fresh_checkpoint(tmp_path / "unused")
+    prefix, skipped = restore_newest_loadable(checkpoint, directory)
+    if damage == "garbage state file":  # reported, and the newest checkpoint still found
+        assert prefix == str(directory / "ckpt-5") and int(checkpoint.step) == 50
+        assert [name for name, _ in skipped] == ["checkpoint"]
+    else:
+        assert prefix == str(directory / "ckpt-4") and int(checkpoint.step) == 40
+        assert [name for name, _ in skipped] == ["ckpt-5"]
+        assert re.search(DAMAGE[damage][1], skipped[0][1])
+
+
+def test_restore_newest_loadable_with_nothing_loadable(tmp_path):
+    from helpers.checkpoints import restore_newest_loadable
+    (tmp_path / "ckpt-1.index").write_bytes(b"not an index")
+    prefix, skipped = restore_newest_loadable(tf.train.Checkpoint(v=tf.Variable(1.0)), tmp_path)
+    assert prefix is None and skipped[0][0] == "ckpt-1" and "cannot be read" in skipped[0][1]
+    with pytest.raises(NotACheckpointError, match="is not a directory"):
+        restore_newest_loadable(tf.train.Checkpoint(), tmp_path / "missing")
