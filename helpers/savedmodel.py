@@ -33,6 +33,11 @@ def check_saved_model(path):
         raise NotASavedModelError(
             f"'{path}' is {kind}, not a SavedModel directory (one holding saved_model.pb)")
     if (path / "saved_model.pb").is_file() or (path / "saved_model.pbtxt").is_file():
+        index = path / "variables" / "variables.index"
+        if not index.is_file():  # every save writes it, even for a model without variables
+            raise NotASavedModelError(
+                f"'{path}' has saved_model.pb but no '{index}': its variables folder is missing "
+                "or incomplete (a partial copy?), so loading it fails")
         return path
     versions = sorted(p.name for p in path.iterdir() if p.is_dir() and p.name.isdigit())
     if versions:

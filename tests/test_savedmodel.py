@@ -53,6 +53,15 @@ def test_not_a_saved_model(tmp_path, make, message):
         load(make(tmp_path))
 
 
+def test_saved_model_without_variables_is_named(artifacts, tmp_path):
+    import shutil
+    root, _ = artifacts
+    shutil.copytree(root / "exported" / "1", tmp_path / "1")
+    shutil.rmtree(tmp_path / "1" / "variables")
+    with pytest.raises(NotASavedModelError, match=r"1' has saved_model.pb but no '.*variables\.index'"):
+        check_saved_model(tmp_path / "1")
+
+
 def test_checkpoint_folder_is_named_as_such(tmp_path):
     tf.train.Checkpoint(v=tf.Variable(1.)).save(str(tmp_path / "ckpt"))
     with pytest.raises(NotASavedModelError, match="holds a training checkpoint"):
