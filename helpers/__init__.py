@@ -2,7 +2,10 @@
 
 Checkpoints (chapters 1-3):
 - `helpers.toy`: the toy model, data, training step and checkpointing loop.
-- `helpers.checkpoints`: a checkpoint's files, keys and object graph; clear errors for bad paths.
+- `helpers.checkpoints`: a checkpoint's files, keys and object graph; clear errors for bad paths
+  and damaged files; interrupted saves; restoring the newest checkpoint that loads (chapter 10).
+- `helpers.resumable`: a training run that is SIGKILLed at chosen moments and resumes; the process
+  launcher and the kill loop of chapter 10.
 - `helpers.graph`: the object graph drawn in the official guide's colours.
 
 SavedModels (chapters 4-7):
