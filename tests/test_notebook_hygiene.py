@@ -84,3 +84,10 @@ def test_reader_cells_carry_no_test_machinery(path):
             assert marker not in source, f"code cell {index} carries {marker!r}"
         if "nbval-ignore-output" in cell["metadata"].get("tags", []):
             assert cell["metadata"].get("nbval-ignore-output-reason"), f"code cell {index}: no reason given"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_notebook_runs_without_the_book_toolchain(path):
+    """Colab has no myst-nb: chapters glue through helpers.glue, which works with or without it."""
+    for index, cell in enumerate(code_cells(path)):
+        assert "myst_nb" not in "".join(cell["source"]), f"code cell {index} imports myst_nb"
