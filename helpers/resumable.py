@@ -18,6 +18,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 
 import numpy as np
 
@@ -97,6 +98,34 @@ def _reports_inside_save(report, step):
     finally:
         io_ops.merge_v2_checkpoints = merge
         checkpoint_management.update_checkpoint_state_internal = record
+
+
+def async_train(directory, steps=20, interval=5, report=_print_report):
+    """`train`'s loop with `CheckpointOptions(enable_async=True)` saves, on plain `tf.Variable`s
+    and a hand-written SGD step (Keras 3 models fail at the second async save, chapter 6)."""
+    import tensorflow as tf
+    weights = tf.Variable(tf.zeros([4, 1]))
+    step = tf.Variable(0, dtype=tf.int64)
+    checkpoint = tf.train.Checkpoint(step=step, weights=weights)
+    manager = tf.train.CheckpointManager(checkpoint, directory, max_to_keep=3)
+    checkpoint.restore(manager.latest_checkpoint)
+    report("start", int(step))
+    x = tf.constant(np.random.default_rng(0).normal(size=(steps, 8, 4)).astype("float32"))
+    options = tf.train.CheckpointOptions(enable_async=True)
+    with _reports_inside_save(report, step):
+        while int(step) < steps:
+            batch = x[int(step)]
+            target = batch @ tf.constant([[1.0], [-2.0], [0.5], [3.0]])
+            with tf.GradientTape() as tape:
+                loss = tf.reduce_mean((batch @ weights - target) ** 2)
+            weights.assign_sub(0.1 * tape.gradient(loss, weights))
+            step.assign_add(1)
+            report("step", int(step))
+            if int(step) % interval == 0:
+                manager.save(options=options)
+                report("returned", int(step))
+        checkpoint.sync()
+    report("done", int(step))
 
 
 def final_values(prefix):
@@ -192,10 +221,14 @@ def _read_line(fd):
         chunks.append(byte)
 
 
+_REPORT_LOCK = threading.Lock()
+
+
 def _piped_report(event, value):
-    os.write(1, f"{event} {value}\n".encode())
-    if _read_line(0) != "go":
-        os._exit(3)
+    with _REPORT_LOCK:  # an async save reports from its own thread: one report, one answer at a time
+        os.write(1, f"{event} {value}\n".encode())
+        if _read_line(0) != "go":
+            os._exit(3)
 
 
 def serve():

@@ -95,3 +95,19 @@ def test_backup_and_restore_resumes_at_the_killed_epoch(launcher, tmp_path, call
     assert ("batch", "2.0") in events  # the epoch starts again at its first batch
     same = _weights(reference / "final.weights.h5") == _weights(killed / "final.weights.h5")
     assert same is identical  # per-batch backups: batches 0-1 of epoch 2 are trained twice
+
+
+def test_async_save_killed_before_its_write_finished(launcher, tmp_path):
+    """save() returned, but the state file follows the finished write: nothing is named yet."""
+    killed, reference = str(tmp_path / "killed"), str(tmp_path / "reference")
+    run = launcher.start("helpers.resumable:async_train", directory=killed)
+    seen = []
+    while (event := run.next_event())[0] != "merge":  # the first save's background write, paused
+        seen.append(event)
+        run.go()
+    assert run.kill() == -9
+    assert sorted(os.listdir(killed)) == ["ckpt-1_temp"] and tf.train.latest_checkpoint(killed) is None
+    events = run_to_end(launcher, "helpers.resumable:async_train", directory=killed)
+    assert events[0] == ("start", "0")
+    run_to_end(launcher, "helpers.resumable:async_train", directory=reference)
+    assert final_values(tf.train.latest_checkpoint(killed)) == final_values(tf.train.latest_checkpoint(reference))
