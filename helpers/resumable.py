@@ -299,6 +299,8 @@ class Launcher:
 
     def start(self, func, **kwargs):
         """Forks a run of `func` (``"module:function"``) with `kwargs`; returns its `Run`."""
+        if not isinstance(func, str) or func.count(":") != 1:
+            raise ValueError(f"func must be 'module:function', like 'helpers.resumable:train', not {func!r}")
         self._write(json.dumps({"func": func, "kwargs": kwargs}))
         return Run(self)
 
@@ -384,6 +386,10 @@ def train_with_kills(launcher, directory, plan, steps=STEPS, interval=INTERVAL):
             if event == "exit":
                 if run.exit_code != 0:
                     raise RuntimeError(f"train exited with {run.exit_code}; log:\n" + launcher.log_tail())
+                if pending:
+                    raise ValueError(f"the run finished before reaching the kill points {pending}: "
+                                     f"each must be a (phase, step) with phase in {sorted(PHASES)}, "
+                                     "in step order, with steps the run reaches")
                 return log
             if pending and (event, int(value)) == pending[0]:
                 pending.pop(0)

@@ -111,3 +111,10 @@ def test_async_save_killed_before_its_write_finished(launcher, tmp_path):
     assert events[0] == ("start", "0")
     run_to_end(launcher, "helpers.resumable:async_train", directory=reference)
     assert final_values(tf.train.latest_checkpoint(killed)) == final_values(tf.train.latest_checkpoint(reference))
+
+
+def test_bad_arguments_are_named(launcher, tmp_path):
+    with pytest.raises(ValueError, match="func must be 'module:function'"):
+        launcher.start("helpers.resumable.train")
+    with pytest.raises(ValueError, match=r"finished before reaching the kill points \[\('during', 3\)\]"):
+        train_with_kills(launcher, str(tmp_path / "run"), [("during", 3)], steps=5, interval=5)
