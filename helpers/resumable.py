@@ -23,6 +23,7 @@ import threading
 import numpy as np
 
 STEPS, INTERVAL = 60, 5
+TEST_KILLS = 20  # how often tests/test_when_training_dies.py kills `train` (the chapter quotes it)
 PHASES = {"step": "after a step", "merge": "in save(): shards in _temp, not merged",
           "state": "in save(): files written, state file not updated"}
 

@@ -8,10 +8,10 @@ import pytest
 import tensorflow as tf
 
 from helpers.checkpoints import interrupted_saves
-from helpers.resumable import (INTERVAL, PHASES, STEPS, Launcher, final_values, kill_plan,
-                               run_to_end, train_with_kills)
+from helpers.resumable import (INTERVAL, PHASES, STEPS, TEST_KILLS, Launcher, final_values,
+                               kill_plan, run_to_end, train_with_kills)
 
-KILLS = 20
+KILLS = TEST_KILLS
 
 
 @pytest.fixture(scope="module")
