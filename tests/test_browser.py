@@ -98,9 +98,11 @@ def test_exercise_solution_opens(page, site):
     solution = page.locator("div.solution").first
     body = solution.locator("section").first
     assert not body.is_visible()
+    assert not solution.locator("div.cell div.cell_output").first.is_visible()
     solution.locator("button.toggle-button").click()
     body.wait_for(state="visible", timeout=5000)
-    assert "It prints" in body.inner_text()
+    # an executed solution: the code cell and the output it printed are inside the dropdown
+    assert solution.locator("div.cell div.cell_output").first.is_visible()
 
 
 def test_search_finds_the_chapter(page, site):
