@@ -6,6 +6,7 @@ shows the `subprocess.Popen` call and the readiness loop once by hand before usi
 """
 import atexit
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -13,6 +14,12 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+# A log line that reports an error: an OS error ("[Errno 98] ... address already in use"), a
+# Python exception line, a log record at level ERROR/CRITICAL, TF Serving's glog "E1126 ..." lines
+# and its "No versions of servable". Not every line that contains "error" ("uvicorn.error INFO").
+ERROR_LINE = re.compile(r"\[Errno \d+\]|^\s*(\w+\.)*\w*(Error|Exception)\b:|\b(ERROR|CRITICAL)\b|"
+                        r"^E\d{4} |No versions of servable")
 
 
 def free_port(host="127.0.0.1"):
@@ -29,9 +36,25 @@ def port_is_open(port, host="127.0.0.1"):
         return s.connect_ex((host, port)) == 0
 
 
-def server_command(engine, model_name, model_base_path, port, max_request_bytes=None):
+def listens_on(pid, port):
+    """True if process `pid` (or one of its children) is the one listening on TCP `port`."""
+    import psutil
+    try:
+        process = psutil.Process(pid)
+        for p in [process, *process.children(recursive=True)]:
+            if any(c.status == psutil.CONN_LISTEN and c.laddr.port == port for c in p.connections("inet")):
+                return True
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        pass
+    return False
+
+
+def server_command(engine, model_name, model_base_path, port, max_request_bytes=None, warmup=False):
     """The command line that starts `engine` with TF Serving's flags."""
     if engine == "tensorflow_model_server":
+        if warmup:
+            raise ValueError("tensorflow_model_server warms up only from recorded requests in the "
+                             "SavedModel's assets.extra/tf_serving_warmup_requests, not from a flag")
         # It also opens gRPC on --port (default 8500) and binds 0.0.0.0, with no flag to change
         # that (tensorflow/serving#1969): run it only where the network is yours.
         return ["tensorflow_model_server", f"--model_name={model_name}",
@@ -39,19 +62,22 @@ def server_command(engine, model_name, model_base_path, port, max_request_bytes=
                 f"--rest_api_port={port}"]
     if engine != "kserve":
         raise ValueError(f"engine must be 'tensorflow_model_server' or 'kserve', got {engine!r}")
-    limit = [] if max_request_bytes is None else [f"--max_request_bytes={max_request_bytes}"]
+    extra = ([] if max_request_bytes is None else [f"--max_request_bytes={max_request_bytes}"]) + \
+        (["--warmup"] if warmup else [])
     return [sys.executable, "-m", "helpers.kserve_engine", f"--model_name={model_name}",
-            f"--model_base_path={model_base_path}", f"--rest_api_port={port}", *limit]
+            f"--model_base_path={model_base_path}", f"--rest_api_port={port}", *extra]
 
 
 class ModelServer:
     """One model server as a subprocess: `start()`, `url`, `stop()`; also a context manager.
 
     `engine` is "tensorflow_model_server" when that binary is on PATH, else "kserve".
-    The server's output goes to a temporary file, `log_path`.
+    The server's output goes to a temporary file, `log_path`, removed by `stop()` unless `keep_log`.
+    `warmup=True` (KServe engine) calls the model once at start-up: that runs the model's code.
     """
 
-    def __init__(self, model_name, model_base_path, port=None, engine=None, max_request_bytes=None):
+    def __init__(self, model_name, model_base_path, port=None, engine=None, max_request_bytes=None,
+                 warmup=False, keep_log=False, extra_flags=()):
         if not Path(model_base_path).is_dir():
             raise FileNotFoundError(f"model base path '{model_base_path}' is not a directory")
         self.model_name = model_name
@@ -59,9 +85,9 @@ class ModelServer:
         self.port = port or free_port()
         self.engine = engine or ("tensorflow_model_server" if shutil.which("tensorflow_model_server")
                                  else "kserve")
-        descriptor, self.log_path = tempfile.mkstemp(prefix=f"{model_name}-server-", suffix=".log")
-        os.close(descriptor)  # start() opens it by name
-        self.max_request_bytes = max_request_bytes
+        self.max_request_bytes, self.warmup, self.keep_log = max_request_bytes, warmup, keep_log
+        self.extra_flags = list(extra_flags)
+        self.log_path = None  # created by start()
         self.process = None
 
     @property
@@ -74,40 +100,60 @@ class ModelServer:
 
     def command(self):
         return server_command(self.engine, self.model_name, self.model_base_path, self.port,
-                              self.max_request_bytes)
+                              self.max_request_bytes, self.warmup) + self.extra_flags
 
-    def start(self, timeout=120):
-        """Start the server and wait until `GET /v1/models/<name>` answers 200."""
-        import requests
+    def launch(self):
+        """Start the server process and return at once (`wait_ready()` waits for it)."""
         env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONUNBUFFERED": "1"}
-        with open(self.log_path, "wb") as log:
+        descriptor, self.log_path = tempfile.mkstemp(prefix=f"{self.model_name}-server-", suffix=".log")
+        with os.fdopen(descriptor, "wb") as log:
             self.process = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT,
                                             env=env, start_new_session=True)
-        atexit.register(self.stop)  # a kernel that exits stops its server (one that is killed does not)
+        atexit.register(self.stop)  # a kernel that exits stops its server; the KServe engine also
+        return self  # exits by itself when its parent is killed (helpers.kserve_engine.exit_with_parent)
+
+    def wait_ready(self, timeout=120):
+        """Wait until this server's own process listens on the port and `GET /v1/models/<name>`
+        answers 200 (another program answering on the port does not count)."""
+        import requests
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
+                error = self.last_error()
+                self._remove_log()
                 raise RuntimeError(f"the {self.engine} server exited with status "
-                                   f"{self.process.returncode}: {self.last_error()}")
-            try:
-                if requests.get(f"{self.url}/v1/models/{self.model_name}", timeout=1).status_code == 200:
-                    return self
-            except requests.ConnectionError:
-                pass
+                                   f"{self.process.returncode}: {error}")
+            if listens_on(self.process.pid, self.port):
+                try:
+                    if requests.get(f"{self.url}/v1/models/{self.model_name}", timeout=1).status_code == 200:
+                        return self
+                except requests.ConnectionError:
+                    pass
             time.sleep(0.2)
+        self.keep_log = True
         self.stop()
         raise TimeoutError(f"the {self.engine} server did not become ready in {timeout} s; "
-                           f"log: {self.log_path}")
+                           f"log kept: {self.log_path}")
+
+    def start(self, timeout=120):
+        """Start the server and wait until it is ready (`launch()`, then `wait_ready()`)."""
+        return self.launch().wait_ready(timeout)
 
     def last_error(self):
-        """The last line of the server log that reports an error."""
+        """The last line of the server log that reports an error (else its last line)."""
+        if not self.log_path or not Path(self.log_path).exists():
+            return "(no log)"
         lines = Path(self.log_path).read_text(errors="replace").splitlines()
-        errors = [line for line in lines if "Error" in line or "error" in line or "No versions" in line]
+        errors = [line for line in lines if ERROR_LINE.search(line)]
         return (errors or lines or ["(no output)"])[-1].strip()
 
+    def _remove_log(self):
+        if self.log_path and not self.keep_log:
+            Path(self.log_path).unlink(missing_ok=True)
+
     def stop(self, timeout=15):
-        """Stop the server by its PID (SIGTERM, then SIGKILL), wait until its port is closed, and
-        return its exit status (None if it was never started)."""
+        """Stop the server by its PID (SIGTERM, then SIGKILL), wait until its port is closed, remove
+        its log (unless `keep_log`), and return its exit status (None if it was never started)."""
         if self.process is None:
             return None
         if self.process.poll() is None:
@@ -118,10 +164,11 @@ class ModelServer:
                 self.process.kill()
                 self.process.wait()
             deadline = time.monotonic() + timeout
-            while port_is_open(self.port):
+            while listens_on(self.process.pid, self.port) or port_is_open(self.port):
                 if time.monotonic() > deadline:
                     raise RuntimeError(f"port {self.port} is still open after its server exited")
                 time.sleep(0.1)
+        self._remove_log()
         return self.process.returncode
 
     def __enter__(self):

@@ -1,86 +1,335 @@
-"""helpers.model_server: a real server process over HTTP; start, answer, refuse, stop."""
+"""helpers.model_server and the KServe engine as a real server process over HTTP: start, answer,
+refuse, hold under slow and hostile clients, stop, and die with its parent."""
+import http.client
+import http.server
+import json
 import os
+import shutil
+import signal
+import socket
+import subprocess
 import sys
+import threading
+import time
+from pathlib import Path
 
 import numpy as np
 import psutil
 import pytest
 import requests
-import tensorflow as tf
 
 from helpers.model_server import ModelServer, port_is_open, server_command
+from test_kserve_engine import X, expected, export_toy
 
+ROOT = Path(__file__).resolve().parent.parent
 LIMIT = 1_000_000  # a small body limit, so the "very large request" case is cheap to send
-X = [[1.0, 2.0, 3.0], [-1.0, 0.5, 4.0]]
+TIMEOUT_S = 1.5  # --rest_api_timeout_in_ms of the test server
+FLAGS = ["--rest_api_num_threads=2", f"--rest_api_timeout_in_ms={int(TIMEOUT_S * 1000)}",
+         "--header_timeout_s=1", "--body_timeout_s=1", "--idle_timeout_s=2", "--max_connections=20"]
+PARENT = """
+import sys, time
+from helpers.model_server import ModelServer
+server = ModelServer("toy", sys.argv[1], engine="kserve").launch()
+print(server.pid, server.log_path, flush=True)
+server.wait_ready()
+print("ready", flush=True)
+time.sleep(600)
+"""
 
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
-    root = tmp_path_factory.mktemp("models") / "toy"
-    tf.keras.utils.set_random_seed(0)
-    model = tf.keras.Sequential([tf.keras.Input((3,)), tf.keras.layers.Dense(2)])
-    model.export(str(root / "1"), verbose=False, input_signature=[tf.TensorSpec([None, 3], tf.float32, name="x")])
-    return root, model
+    return export_toy(tmp_path_factory.mktemp("models") / "toy")
 
 
 @pytest.fixture(scope="module")
-def server(model_dir):
-    root, _ = model_dir
-    with ModelServer("toy", root, max_request_bytes=LIMIT, engine="kserve") as running:
+def parent(model_dir):
+    """A Python process that starts a server of its own (launched now, so both load in parallel)."""
+    process = subprocess.Popen([sys.executable, "-c", PARENT, str(model_dir)], cwd=ROOT,
+                               stdout=subprocess.PIPE, text=True)
+    yield process
+    process.kill()
+    process.wait()
+
+
+@pytest.fixture(scope="module")
+def server(model_dir, parent):
+    with ModelServer("toy", model_dir, max_request_bytes=LIMIT, engine="kserve", extra_flags=FLAGS,
+                     keep_log=True) as running:
         yield running
+    Path(running.log_path).unlink(missing_ok=True)
 
 
 def predict(server, model="toy", **kwargs):
     return requests.post(f"{server.url}/v1/models/{model}:predict", timeout=30, **kwargs)
 
 
-def test_v1_predict_over_http(server, model_dir):
-    _, model = model_dir
+def test_v1_predict_over_http(server):
     reply = predict(server, json={"instances": X})
     assert reply.status_code == 200 and reply.headers["content-type"] == "application/json"
-    np.testing.assert_allclose(reply.json()["predictions"], model(np.array(X)), rtol=1e-6)
+    np.testing.assert_allclose(reply.json()["predictions"], expected(X), rtol=1e-6)
 
 
-def test_v2_open_inference_protocol(server, model_dir):
-    _, model = model_dir
+def test_v2_open_inference_protocol(server):
     body = {"inputs": [{"name": "x", "shape": [2, 3], "datatype": "FP32", "data": sum(X, [])}]}
     reply = requests.post(f"{server.url}/v2/models/toy/infer", json=body, timeout=30).json()
     (output,) = reply["outputs"]
-    assert output["name"] == "output_0" and output["shape"] == [2, 2] and reply["model_version"] == "1"
-    np.testing.assert_allclose(np.reshape(output["data"], (2, 2)), model(np.array(X)), rtol=1e-6)
+    assert output["name"] == "output_0" and output["shape"] == [2, 2] and reply["model_version"] == "2"
+    np.testing.assert_allclose(np.reshape(output["data"], (2, 2)), expected(X), rtol=1e-6)
 
 
-JSON = {"content-type": "application/json"}
-BAD_REQUESTS = {  # request: (status, start of the error); the guard's cases quote the guard
-    "malformed JSON": (dict(data=b'{"instances": [[1, 2', headers=JSON), 400, "Unrecognized request format"),
-    "wrong shape": (dict(json={"instances": [[1.0, 2.0]]}), 400, "instances: shape [1, 2]"),
-    "top-level array": (dict(json=[1, 2, 3]), 400, "JSON Value: the request body is not an object"),
-    "non-JSON content type": (dict(data=b"x=1", headers={"content-type": "application/x-www-form-urlencoded"}),
-                              415, "Content-Type must be application/json"),
-    "very large request": (dict(data=b"[" + b"1.0," * (LIMIT // 4 + 10) + b"1]", headers=JSON),
-                           413, "request body of 1,000,043 bytes is over this server's limit"),
+@pytest.mark.parametrize("ctype", [None, "application/x-www-form-urlencoded", "text/plain"])
+def test_any_content_type_is_read_as_json_like_tf_serving(server, ctype):
+    # TF Serving's REST handler reads the body whatever its Content-Type; api_rest.md's own
+    # example is `curl -d '...' -X POST`, which sends application/x-www-form-urlencoded
+    headers = {"content-type": ctype} if ctype else {}
+    reply = predict(server, data=json.dumps({"instances": X}).encode(), headers=headers)
+    assert reply.status_code == 200, reply.text
+    np.testing.assert_allclose(reply.json()["predictions"], expected(X), rtol=1e-6)
+
+
+def test_nan_and_infinity_literals_in_and_out(server):
+    # TF Serving parses with kParseNanAndInfFlag and writes NaN/Infinity (json_tensor.cc)
+    reply = predict(server, data=b'{"signature_name": "reciprocal", "inputs": [NaN, Infinity, 0.0]}')
+    assert reply.status_code == 200 and reply.text == '{"outputs":[NaN,0.0,Infinity]}'
+
+
+BAD_REQUESTS = {  # request: (status, start of the error); each is sent on one kept-alive connection
+    "malformed JSON": (b'{"instances": [[1, 2', 400, "JSON Parse error: Expecting ',' delimiter at offset: 20"),
+    "empty body": (b"", 400, "JSON Parse error: The document is empty"),
+    "wrong shape": (json.dumps({"instances": [[1.0, 2.0]]}), 400, "instances: shape [1, 2]"),
+    "top-level array": (b"[1, 2, 3]", 400, "JSON Value: the request body is not an object"),
+    "null": (b'{"instances": [[1.0, null, 3.0]]}', 400, "instances: JSON Value: null Type: Null"),
+    "true": (b'{"instances": [[1.0, true, 3.0]]}', 400, "instances: JSON Value: true Type: True"),
+    "int32 overflow": (b'{"signature_name": "double", "inputs": [2147483648]}', 400,
+                       "inputs: JSON Value: 2147483648 Type: Number is not of expected type: int32"),
+    "1.7 to int32": (b'{"signature_name": "double", "inputs": [1.7]}', 400,
+                     "inputs: JSON Value: 1.7 Type: Number is not of expected type: int32"),
+    "number to a string input": (b'{"signature_name": "length", "inputs": [3]}', 400,
+                                 "inputs: JSON Value: 3 Type: Number is not of expected type: string"),
+    "b64 to a float input": (b'{"inputs": [[{"b64": "AAAA"}, 1, 2]]}', 400,
+                             'inputs: JSON Value: {"b64": "AAAA"} Type: Object is not of expected type: float'),
+    "missing key": (b'{"instances": [{"x": [1, 2, 3]}, {"y": [1, 2, 3]}]}', 400,
+                    "Failed to process element: 1 of 'instances' list."),
 }
 
 
+def request_on(conn, method, path, body=None, headers=None):
+    conn.request(method, path, body=body, headers={"Host": f"127.0.0.1:{conn.port}", **(headers or {})})
+    reply = conn.getresponse()
+    return reply.status, reply.getheader("content-type"), reply.read()
+
+
 @pytest.mark.parametrize("case", BAD_REQUESTS, ids=list(BAD_REQUESTS))
-def test_bad_request_gets_a_4xx_json_error_and_the_server_keeps_serving(server, case):
-    kwargs, status, message = BAD_REQUESTS[case]
-    reply = predict(server, **kwargs)
-    assert reply.status_code == status, (reply.status_code, reply.text[:300])
-    assert reply.headers["content-type"].startswith("application/json")
-    assert reply.json()["error"].startswith(message), reply.text[:300]
+def test_bad_request_is_a_4xx_json_error_and_the_connection_survives(server, case):
+    body, status, message = BAD_REQUESTS[case]
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
+    got = request_on(conn, "POST", "/v1/models/toy:predict", body.encode() if isinstance(body, str) else body)
+    assert got[0] == status and got[1] == "application/json", got
+    assert json.loads(got[2])["error"].startswith(message), got[2][:300]
+    sock = conn.sock
+    status, _, reply = request_on(conn, "POST", "/v1/models/toy:predict", json.dumps({"instances": X}))
+    assert status == 200 and conn.sock is sock  # same connection: it was kept alive
+    conn.close()
+
+
+@pytest.mark.parametrize("path, status, message", [
+    ("/v1/models/nosuchmodel:predict", 404, "Servable not found for request: Latest(nosuchmodel)"),
+    ("/v1/models/toy/versions/1:predict", 404, "Servable not found for request: Specific(toy, 1)"),
+    ("/v1/models/toy/labels/stable:predict", 400, "Unrecognized servable version label: stable"),
+])
+def test_unknown_model_version_or_label_in_tf_servings_words(server, path, status, message):
+    reply = requests.post(server.url + path, json={"instances": X}, timeout=30)
+    assert (reply.status_code, reply.json()) == (status, {"error": message})
+    assert requests.post(server.url + "/v1/models/toy/versions/2:predict", json={"instances": X}).status_code == 200
+
+
+def test_kserves_own_errors_use_the_error_key(server):
+    reply = requests.get(f"{server.url}/v1/models/toy/versions/2/metadata", timeout=30)
+    assert reply.status_code == 404 and reply.json() == {"error": "Not Found"}  # FastAPI says {"detail": ...}
+
+
+def test_a_body_over_the_limit_is_refused_before_it_is_read(server):
+    rows = [[0.5, 0.25, 0.125]] * (LIMIT // 20)  # a valid request: without the limit it gets 200
+    body = json.dumps({"instances": rows}).encode()
+    assert len(body) > LIMIT
+    reply = predict(server, data=body)
+    assert reply.status_code == 413, reply.text[:200]
+    assert reply.json()["error"] == f"request body of {len(body):,} bytes is over this server's limit of {LIMIT:,} bytes"
+
+
+def test_a_declared_body_that_never_comes_is_cut_off(server):
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as s:
+        s.sendall(f"POST /v1/models/toy:predict HTTP/1.1\r\nHost: 127.0.0.1:{server.port}\r\n"
+                  f"Content-Length: 1000\r\n\r\n{{\"instances".encode())
+        start = time.monotonic()
+        reply = read_until_closed(s)
+        assert b"408" in reply.split(b"\r\n")[0] and b"did not arrive within 1 s" in reply
+        assert time.monotonic() - start < 3
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as s:
+        s.sendall(f"POST /v1/models/toy:predict HTTP/1.1\r\nHost: 127.0.0.1:{server.port}\r\n"
+                  f"Content-Length: {10 ** 12}\r\n\r\n0123456789".encode())
+        assert b"413" in read_until_closed(s).split(b"\r\n")[0]
+
+
+def read_until_closed(sock):
+    chunks = []
+    while chunk := sock.recv(65536):
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def closed_by_server(sock):
+    try:
+        return sock.recv(1) == b""
+    except ConnectionResetError:  # closed with our unread bytes in its buffer
+        return True
+
+
+def test_idle_and_slow_connections_are_closed_and_capped(server):
+    socks = [socket.create_connection(("127.0.0.1", server.port), timeout=5) for _ in range(30)]
+    socks[0].sendall(b"POST /v1/models/toy:predict HTTP/1.1\r\nHost: 127.0")  # headers never finished
+    time.sleep(0.3)
+    held = [c for c in psutil.Process(server.pid).connections("inet") if c.status == psutil.CONN_ESTABLISHED]
+    assert len(held) <= 20  # --max_connections=20: the oldest idle ones were closed
+    assert predict(server, json={"instances": X}).status_code == 200  # a client still gets in
+    time.sleep(1.5)  # --header_timeout_s=1
+    assert all(closed_by_server(s) for s in socks)
+    for s in socks:
+        s.close()
     assert predict(server, json={"instances": X}).status_code == 200
 
 
-def test_unknown_model_is_404(server):
-    reply = predict(server, model="nosuchmodel", json={"instances": X})
-    assert reply.status_code == 404 and "nosuchmodel" in reply.json()["error"]
+def test_health_answers_while_a_max_size_request_runs(server):
+    # the busy signature keeps the model running for 1 s; the body is as large as the limit allows
+    head, tail = '{"signature_name": "busy", "inputs": [1.0', "]}"
+    body = (head + ", 0.0" * ((LIMIT - len(head) - len(tail)) // 5) + tail).encode()
+    assert LIMIT - 5 < len(body) <= LIMIT
+    result = {}
+    worker = threading.Thread(target=lambda: result.update(reply=predict(server, data=body)))
+    worker.start()
+    time.sleep(0.2)
+    latencies = []
+    while worker.is_alive():
+        start = time.perf_counter()
+        assert requests.get(f"{server.url}/v1/models/toy", timeout=30).status_code == 200
+        latencies.append(time.perf_counter() - start)
+        time.sleep(0.05)
+    worker.join()
+    assert result["reply"].status_code == 200
+    assert len(latencies) >= 5 and max(latencies) < 0.4, latencies
+
+
+def test_a_slow_request_times_out_and_the_pool_is_bounded(server):
+    # --rest_api_num_threads=2, --rest_api_timeout_in_ms=1500: two 3 s requests get 504; a third
+    # waits for a thread and gets 503 when the timeout passes first
+    body = json.dumps({"signature_name": "busy", "inputs": [3.0]})
+    replies = {}
+
+    def send(i):
+        replies[i] = predict(server, data=body)
+
+    threads = [threading.Thread(target=send, args=(i,)) for i in range(3)]
+    start = time.monotonic()
+    for t in threads:
+        t.start()
+        time.sleep(0.1)
+    for t in threads:
+        t.join()
+    assert time.monotonic() - start < 2.9
+    statuses = sorted(r.status_code for r in replies.values())
+    assert statuses == [503, 504, 504], [r.text for r in replies.values()]
+    assert all("error" in r.json() for r in replies.values())
+    time.sleep(3.2 - (time.monotonic() - start))  # the two threads are free again
+    assert predict(server, json={"instances": X}).status_code == 200
+
+
+@pytest.mark.parametrize("method, path", [("GET", "/metrics"), ("GET", "/openapi.json"), ("GET", "/docs"),
+                                          ("POST", "/v2/repository/models/toy/unload")])
+def test_management_endpoints_are_off(server, method, path):
+    reply = requests.request(method, server.url + path, timeout=30)
+    assert reply.status_code == 403 and "management endpoint" in reply.json()["error"]
+    assert requests.get(f"{server.url}/v1/models/toy", timeout=30).status_code == 200  # still loaded
+
+
+@pytest.mark.parametrize("headers", [{"Host": "evil.example"}, {"Host": f"evil.example:{{port}}"},
+                                     {"Origin": "http://evil.example"}, {"Origin": "null"},
+                                     {"Origin": "http://127.0.0.1:{other}"}])
+def test_foreign_host_or_origin_is_refused(server, headers):
+    headers = {k: v.format(port=server.port, other=server.port + 1) for k, v in headers.items()}
+    reply = predict(server, json={"instances": X}, headers=headers)
+    assert reply.status_code == 403 and "refused" in reply.json()["error"], reply.text
+    same = {"Origin": server.url, "Host": f"localhost:{server.port}"}
+    assert predict(server, json={"instances": X}, headers=same).status_code == 200
+
+
+def test_a_web_page_of_another_origin_gets_no_prediction(server):
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if not chromium:
+        if os.environ.get("CI"):
+            pytest.fail("chromium is not installed; .ci/run installs it with apt-get")
+        pytest.skip("Chromium is not installed (apt-get install chromium)")
+    from playwright.sync_api import sync_playwright
+
+    from test_browser import FLAGS as BROWSER_FLAGS
+    page_server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), type("Page", (http.server.BaseHTTPRequestHandler,), {
+        "do_GET": lambda self: (self.send_response(200), self.send_header("content-type", "text/html"),
+                                self.end_headers(), self.wfile.write(b"<html><body>elsewhere</body></html>")),
+        "log_message": lambda self, *args: None}))
+    threading.Thread(target=page_server.serve_forever, daemon=True).start()
+    url = f"{server.url}/v1/models/toy:predict"
+    script = """async ([url, body]) => {
+        const out = {};
+        try {  // JSON: the browser asks first with an OPTIONS preflight
+            const r = await fetch(url, {method: "POST", headers: {"Content-Type": "application/json"}, body});
+            out.cors = r.status;
+        } catch (e) { out.cors = e.name; }
+        try {  // a "simple" request: no preflight, the reply is opaque, but the server runs it
+            const r = await fetch(url, {method: "POST", mode: "no-cors", headers: {"Content-Type": "text/plain"}, body});
+            out.simple = r.type;
+        } catch (e) { out.simple = e.name; }
+        return out;
+    }"""
+    lines_before = len(Path(server.log_path).read_text().splitlines())
+    try:
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=chromium, headless=True, args=BROWSER_FLAGS)
+            page = browser.new_page()
+            page.goto(f"http://127.0.0.1:{page_server.server_address[1]}/")
+            result = page.evaluate(script, [url, json.dumps({"instances": X})])
+            browser.close()
+    finally:
+        page_server.shutdown()
+        page_server.server_close()
+    assert result == {"cors": "TypeError", "simple": "opaque"}, result
+    time.sleep(0.2)
+    access = [line.replace("%3A", ":") for line in Path(server.log_path).read_text().splitlines()[lines_before:]
+              if "uvicorn.access" in line]  # Chromium sends the ':' of ':predict' as %3A
+    assert any('"OPTIONS /v1/models/toy:predict' in line and '" 403' in line for line in access), access
+    assert any('"POST /v1/models/toy:predict' in line and '" 403' in line for line in access), access
+    assert not any('" 200' in line for line in access), access  # no request from the page got a prediction
 
 
 def test_listens_on_loopback_only_and_on_one_port(server):
     listening = [c.laddr for c in psutil.Process(server.pid).connections(kind="inet")
                  if c.status == psutil.CONN_LISTEN]
     assert listening == [("127.0.0.1", server.port)]  # no 0.0.0.0, no gRPC port
+
+
+def test_start_does_not_take_another_programs_answer_as_its_own(tmp_path, server):
+    # another program answers 200 on the port; our process fails to bind, as the engine does
+    # (its log line quoted as the engine writes it)
+    fake = ModelServer("toy", tmp_path, port=server.port, engine="kserve")
+    fake.command = lambda: [sys.executable, "-c", "import time; time.sleep(1.5); print("
+                            "'2026-11-26 01:00:00.000 7 uvicorn.error INFO:     Started server process [7]'); print("
+                            "'2026-11-26 01:00:00.001 7 uvicorn.error ERROR:    [Errno 98] error while attempting to bind"
+                            " on address (\\'127.0.0.1\\', 8501): address already in use'); print("
+                            "'2026-11-26 01:00:00.002 7 uvicorn.error INFO:     Waiting for application shutdown.'); exit(1)"]
+    start = time.monotonic()
+    with pytest.raises(RuntimeError, match=r"exited with status 1: .*\[Errno 98\] .*address already in use$"):
+        fake.start(timeout=30)
+    assert time.monotonic() - start > 1.4  # it waited for its own process, not the other's 200
+    assert not Path(fake.log_path).exists()  # the log went with the failed server
 
 
 def test_a_server_that_exits_is_reported_with_its_last_error(tmp_path):
@@ -96,10 +345,10 @@ def test_missing_base_path_is_refused_before_starting(tmp_path):
         ModelServer("m", tmp_path / "nope")
 
 
-def test_a_temporary_log_file_leaves_no_descriptor_open(tmp_path):
+def test_building_a_command_leaves_no_file_or_descriptor(tmp_path):
     before = set(os.listdir("/proc/self/fd"))
     for _ in range(3):
-        ModelServer("m", tmp_path)
+        assert ModelServer("m", tmp_path).log_path is None
     assert set(os.listdir("/proc/self/fd")) == before
 
 
@@ -109,12 +358,31 @@ def test_both_engines_take_tf_servings_flags(tmp_path):
     assert real[0] == "tensorflow_model_server" and ours[1:3] == ["-m", "helpers.kserve_engine"]
     assert real[1:] == ["--model_name=m", f"--model_base_path={os.path.abspath('models/m')}", "--rest_api_port=8501"]
     assert ours[3:] == ["--model_name=m", "--model_base_path=models/m", "--rest_api_port=8501"]
+    assert server_command("kserve", "m", "models/m", 8501, warmup=True)[-1] == "--warmup"
     with pytest.raises(ValueError, match="engine must be 'tensorflow_model_server' or 'kserve', got 'tfs'"):
         server_command("tfs", "m", "models/m", 8501)
 
 
-def test_stop_ends_the_process_and_closes_the_port(server):  # last: it stops the module's server
+def test_the_server_dies_with_its_parent(parent):
+    pid, log_path = parent.stdout.readline().split()
+    assert parent.stdout.readline().strip() == "ready"
+    child = psutil.Process(int(pid))
+    port = next(c.laddr.port for c in child.connections("inet") if c.status == psutil.CONN_LISTEN)
+    parent.send_signal(signal.SIGKILL)  # as a notebook kernel killed by the OS or "Restart"
+    parent.wait()
+    try:
+        child.wait(timeout=15)
+    except psutil.TimeoutExpired:
+        child.kill()
+        pytest.fail("the server outlived its parent")
+    assert not port_is_open(port)
+    Path(log_path).unlink(missing_ok=True)
+
+
+def test_stop_ends_the_process_closes_the_port_and_removes_the_log(server):  # last: it stops the server
+    server.keep_log = False
     assert server.stop() == 0
     assert not port_is_open(server.port)
     assert not psutil.pid_exists(server.pid) or psutil.Process(server.pid).status() == "zombie"
+    assert not Path(server.log_path).exists()
     assert server.stop() == 0  # stopping twice is harmless (atexit stops it again)
