@@ -43,9 +43,11 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol  # noqa: E40
 # times out after 30 s (--rest_api_timeout_in_ms=30000).
 REST_THREADS = 4 * (os.cpu_count() or 1)
 REQUEST_TIMEOUT_S = 30.0
-# Measured with scripts/benchmark_serving.py --robustness (MobileNet, 2 cores): a 16 MiB body
-# (5 images as JSON) raised the server's RSS from 0.8 to about 1.1 GB; a 64 MiB one (the old
-# limit) peaked at 2.5 GB. 16 MiB keeps one request of the maximum size well under 1 GB extra.
+# Measured with scripts/benchmark_serving.py --robustness (MobileNet, 2 busy cores): one 16 MiB
+# body (5 images as JSON) raised the server's peak RSS from 0.74 to 0.88 GB, and a health check
+# during it waited at most 0.19 s; a 64 MiB body (the old limit, 20 images) peaked at 1.23 GB and
+# held a health check up to 1.3 s (one C call, orjson.loads or np.asarray, holds the GIL that
+# long). With REST_THREADS requests at once the worst case is REST_THREADS times the extra.
 DEFAULT_MAX_REQUEST_BYTES = 16 * 1024 * 1024
 HEADER_TIMEOUT_S = 10.0  # a client must send its request line and headers within this
 BODY_TIMEOUT_S = 30.0  # ... and its body within this, after the headers
@@ -241,8 +243,14 @@ class SavedModelServable(kserve.Model):
             if not isinstance(data, list) or not data:
                 raise InvalidInput("'instances' must be a non-empty list")
             if isinstance(data[0], dict) and list(data[0]) != ["b64"]:  # rows by name: [{"x": ...}, ...]
-                for i, row in enumerate(data):
-                    if not isinstance(row, dict) or set(row) != {input_name}:
+                for i, row in enumerate(data):  # json_tensor.cc FillTensorMapFromInstancesList's checks
+                    if not isinstance(row, dict):
+                        raise InvalidInput(f"Expecting object but got list at item {i} of input list")
+                    for row_key in row:
+                        if row_key != input_name:
+                            raise InvalidInput(f"Failed to process element: {i} key: {row_key} of 'instances' "
+                                               f"list. Error: JSON object: does not have named input: {row_key}")
+                    if set(row) != {input_name}:
                         raise InvalidInput(f"Failed to process element: {i} of 'instances' list. JSON object: "
                                            f"{json.dumps(row)[:200]} keys must be equal to: {input_name}")
                 data = [row[input_name] for row in data]

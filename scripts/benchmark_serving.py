@@ -3,6 +3,7 @@
 
     .venv/bin/python scripts/benchmark_serving.py            # 3 rounds, about two minutes
     .venv/bin/python scripts/benchmark_serving.py --rounds 1 --requests 20
+    .venv/bin/python scripts/benchmark_serving.py --robustness   # the figures under attack, about a minute
 
 Each round starts a fresh server (its start-up time is measured), sends single-image requests one
 at a time, then from 4 concurrent clients, and stops it. Reported: medians over rounds of each
@@ -95,11 +96,107 @@ def serve_round(base, x, body_bytes, n, clients, server_class=ModelServer):
     return result
 
 
+def robustness(base, x, clients=200, idle_sockets=1100, limit=None):
+    """The server under the attacks of issue 12: a health check's latency and the server's peak RSS
+    during one request of the maximum body size, idle sockets held, and requests/s at `clients`."""
+    import socket
+    import threading
+
+    import psutil
+    from helpers.kserve_engine import DEFAULT_MAX_REQUEST_BYTES
+
+    limit = limit or DEFAULT_MAX_REQUEST_BYTES
+    server = ModelServer("mobilenet", base, engine="kserve", max_request_bytes=limit).start()
+    url, status_url = f"{server.url}/v1/models/mobilenet:predict", f"{server.url}/v1/models/mobilenet"
+    image = json.dumps(x[0].tolist())
+    n_images = (limit - 40) // (len(image) + 1)
+    big = ('{"instances": [' + ",".join([image] * n_images) + "]}").encode()
+    assert len(big) <= limit
+    process, result = psutil.Process(server.pid), {"max_body_bytes": len(big), "images": n_images}
+    try:
+        rss_before, peak, done = process.memory_info().rss, [0], threading.Event()
+
+        def watch():
+            while not done.is_set():
+                peak[0] = max(peak[0], process.memory_info().rss)
+                time.sleep(0.01)
+
+        def send_big():
+            start = time.perf_counter()
+            reply = requests.post(url, data=big, timeout=600)
+            result["max_body_status"], result["max_body_s"] = reply.status_code, time.perf_counter() - start
+            done.set()
+
+        threads = [threading.Thread(target=watch), threading.Thread(target=send_big)]
+        for t in threads:
+            t.start()
+        health = []
+        time.sleep(0.3)
+        while not done.is_set():
+            start = time.perf_counter()
+            requests.get(status_url, timeout=600)
+            health.append(time.perf_counter() - start)
+            time.sleep(0.05)
+        for t in threads:
+            t.join()
+        result["health_during_max_body_ms_max"] = 1000 * max(health or [0])
+        result["health_during_max_body_ms_p50"] = 1000 * float(np.median(health or [0]))
+        result["rss_before_gb"], result["rss_peak_gb"] = rss_before / 1e9, peak[0] / 1e9
+
+        socks = []
+        for _ in range(idle_sockets):
+            s = socket.socket()
+            s.settimeout(2)
+            try:
+                s.connect(("127.0.0.1", server.port))
+            except OSError:
+                s.close()
+                break
+            socks.append(s)
+        time.sleep(1)
+        held = [c for c in process.connections("inet") if c.status == psutil.CONN_ESTABLISHED]
+        result["idle_sockets_opened"], result["idle_sockets_held_after_1s"] = len(socks), len(held)
+        start = time.perf_counter()
+        try:
+            reply = requests.post(url, data=json.dumps({"instances": x.tolist()}), timeout=30)
+            result["predict_while_idle_sockets"] = reply.status_code
+        except requests.RequestException as error:
+            result["predict_while_idle_sockets"] = type(error).__name__
+        result["predict_while_idle_sockets_s"] = time.perf_counter() - start
+        for s in socks:
+            s.close()
+        time.sleep(1)
+
+        body = json.dumps({"instances": x.tolist()}).encode()
+        codes = []
+
+        def client():
+            try:
+                codes.append(requests.post(url, data=body, timeout=120).status_code)
+            except requests.RequestException as error:
+                codes.append(type(error).__name__)
+
+        start = time.perf_counter()
+        with concurrent.futures.ThreadPoolExecutor(clients) as pool:
+            for future in [pool.submit(client) for _ in range(clients)]:
+                future.result()
+        seconds = time.perf_counter() - start
+        result[f"clients_{clients}_ok_per_s"] = codes.count(200) / seconds
+        result[f"clients_{clients}_codes"] = {str(c): codes.count(c) for c in set(codes)}
+    finally:
+        server.stop()
+    return result
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--requests", type=int, default=60)
     parser.add_argument("--clients", type=int, default=4)
+    parser.add_argument("--robustness", action="store_true",
+                        help="measure only the attack figures; update their key of serving.json")
+    parser.add_argument("--max_request_bytes", type=int, help="with --robustness: the body limit to test "
+                        "(default: the engine's); figures for another limit are printed, not stored")
     args = parser.parse_args()
 
     work = Path(tempfile.mkdtemp())
@@ -109,6 +206,16 @@ def main():
     x = np.random.default_rng(0).uniform(-1, 1, (1, 224, 224, 3)).astype(np.float32)
     body = json.dumps({"instances": x.tolist()}).encode()
     os.chdir(work)
+    out = ROOT / "benchmarks" / "serving.json"
+    if args.robustness:
+        figures = robustness("mobilenet", x, limit=args.max_request_bytes)
+        print(json.dumps(figures, indent=2))
+        if args.max_request_bytes:
+            return
+        stored = json.loads(out.read_text())
+        stored["robustness"] = figures
+        out.write_text(json.dumps(stored, indent=2) + "\n")
+        return
 
     loaded = tf.saved_model.load("mobilenet/1")
     fn = loaded.signatures["serving_default"]
@@ -150,7 +257,8 @@ def main():
                        "client_json_dumps_p50_ms": encode[0], "throughput_calls_per_s": in_process_rps},
         "rounds_raw": rounds, "no_freeze_raw": no_freeze,
     }
-    out = ROOT / "benchmarks" / "serving.json"
+    if out.exists() and "robustness" in json.loads(out.read_text()):
+        result["robustness"] = json.loads(out.read_text())["robustness"]
     out.parent.mkdir(exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
 

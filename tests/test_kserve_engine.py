@@ -134,8 +134,11 @@ BAD_BODIES = {  # body: the start of the error, in TF Serving's words where it h
     "top-level array": ([1, 2, 3], "JSON Value: the request body is not an object"),
     # json_tensor.cc FillTensorMapFromInputsMap / FillTensorMapFromInstancesList
     "wrong input name": ({"inputs": {"image": X}}, "Missing named input: x in 'inputs' object."),
-    "missing key in a row": ({"instances": [{"x": X[0]}, {"y": X[1]}]},
-                             "Failed to process element: 1 of 'instances' list. JSON object: {\"y\""),
+    "missing key in a row": ({"instances": [{"x": X[0]}, {}]},
+                             "Failed to process element: 1 of 'instances' list. JSON object: {} keys must be"),
+    "unknown key in a row": ({"instances": [{"x": X[0]}, {"y": X[1]}]}, "Failed to process element: 1 key: y of "
+                             "'instances' list. Error: JSON object: does not have named input: y"),
+    "a list among rows": ({"instances": [{"x": X[0]}, X[1]]}, "Expecting object but got list at item 1"),
     # json_tensor.cc AddValueToTensor: TypeError(...) for every value that is not of the input's type
     "string for a float": ({"instances": [["a", "b", "c"]]},
                            'instances: JSON Value: "a" Type: String is not of expected type: float'),

@@ -109,8 +109,8 @@ BAD_REQUESTS = {  # request: (status, start of the error); each is sent on one k
                                  "inputs: JSON Value: 3 Type: Number is not of expected type: string"),
     "b64 to a float input": (b'{"inputs": [[{"b64": "AAAA"}, 1, 2]]}', 400,
                              'inputs: JSON Value: {"b64": "AAAA"} Type: Object is not of expected type: float'),
-    "missing key": (b'{"instances": [{"x": [1, 2, 3]}, {"y": [1, 2, 3]}]}', 400,
-                    "Failed to process element: 1 of 'instances' list."),
+    "missing key": (b'{"instances": [{"x": [1, 2, 3]}, {}]}', 400,
+                    "Failed to process element: 1 of 'instances' list. JSON object: {} keys must be equal to: x"),
 }
 
 
@@ -324,9 +324,9 @@ def test_start_does_not_take_another_programs_answer_as_its_own(tmp_path, server
                             "'2026-11-26 01:00:00.000 7 uvicorn.error INFO:     Started server process [7]'); print("
                             "'2026-11-26 01:00:00.001 7 uvicorn.error ERROR:    [Errno 98] error while attempting to bind"
                             " on address (\\'127.0.0.1\\', 8501): address already in use'); print("
-                            "'2026-11-26 01:00:00.002 7 uvicorn.error INFO:     Waiting for application shutdown.'); exit(1)"]
+                            "'2026-11-26 01:00:00.002 7 uvicorn.error INFO:     Waiting for application shutdown.'); exit(3)"]
     start = time.monotonic()
-    with pytest.raises(RuntimeError, match=r"exited with status 1: .*\[Errno 98\] .*address already in use$"):
+    with pytest.raises(RuntimeError, match=r"exited with status 3: .*\[Errno 98\] .*address already in use$"):
         fake.start(timeout=30)
     assert time.monotonic() - start > 1.4  # it waited for its own process, not the other's 200
     assert not Path(fake.log_path).exists()  # the log went with the failed server
