@@ -112,7 +112,8 @@ def robustness(base, x, clients=200, idle_sockets=1100, limit=None):
     n_images = (limit - 40) // (len(image) + 1)
     big = ('{"instances": [' + ",".join([image] * n_images) + "]}").encode()
     assert len(big) <= limit
-    process, result = psutil.Process(server.pid), {"max_body_bytes": len(big), "images": n_images}
+    process = psutil.Process(server.pid)
+    result = {"limit_bytes": limit, "max_body_bytes": len(big), "images": n_images}
     try:
         rss_before, peak, done = process.memory_info().rss, [0], threading.Event()
 
@@ -195,8 +196,8 @@ def main():
     parser.add_argument("--clients", type=int, default=4)
     parser.add_argument("--robustness", action="store_true",
                         help="measure only the attack figures; update their key of serving.json")
-    parser.add_argument("--max_request_bytes", type=int, help="with --robustness: the body limit to test "
-                        "(default: the engine's); figures for another limit are printed, not stored")
+    parser.add_argument("--max_request_bytes", type=int,
+                        help="with --robustness: the body limit to test (default: the engine's)")
     args = parser.parse_args()
 
     work = Path(tempfile.mkdtemp())
@@ -210,10 +211,8 @@ def main():
     if args.robustness:
         figures = robustness("mobilenet", x, limit=args.max_request_bytes)
         print(json.dumps(figures, indent=2))
-        if args.max_request_bytes:
-            return
         stored = json.loads(out.read_text())
-        stored["robustness"] = figures
+        stored.setdefault("robustness", {})[f"limit_{figures['limit_bytes'] // 2 ** 20}MiB"] = figures
         out.write_text(json.dumps(stored, indent=2) + "\n")
         return
 
