@@ -24,7 +24,7 @@ import nbformat
 import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
-SOURCES = ["_config.yml", "_toc.yml", "_ext", "notebooks", "*.md"]
+SOURCES = ["_config.yml", "_toc.yml", "_ext", "_static", "notebooks", "*.md"]
 # A whole `{solution}` directive in MyST: backtick or colon fence, closed by the same fence.
 SOLUTION_BLOCK = re.compile(r"^(?P<fence>`{3,}|:{3,})\{solution\}.*?^(?P=fence)[ \t]*$\n?", re.S | re.M)
 GATE = re.compile(r"^(`{3,}|:{3,})\{solution-(start|end)\}")
