@@ -174,10 +174,13 @@ def test_get_file_skips_a_traversing_archive_member(tmp_path, monkeypatch):
             member = tarfile.TarInfo(name)
             member.size = 1
             archive.addfile(member, io.BytesIO(b"x"))
+    (tmp_path / "cache").mkdir()  # else get_file silently falls back to /tmp/.keras
     with contextlib.redirect_stdout(io.StringIO()), pytest.warns(UserWarning, match="invalid path"):
-        keras.utils.get_file("evil.tar.gz", origin=Path("evil.tar.gz").resolve().as_uri(),
-                             extract=True, cache_dir=str(tmp_path / "cache"))
-    assert not list(tmp_path.rglob("canary-*"))
+        extracted = keras.utils.get_file("evil.tar.gz", origin=Path("evil.tar.gz").resolve().as_uri(),
+                                         extract=True, cache_dir=str(tmp_path / "cache"))
+    assert Path(extracted).resolve().is_relative_to((tmp_path / "cache").resolve()), extracted
+    assert sorted(p.name for p in Path(extracted).iterdir()) == ["ok.txt"]
+    assert not list(tmp_path.rglob("canary-*"))  # ../../ from the extraction folder is the cache
 
 
 def test_sandboxed_payloads_write_only_in_the_sandbox(artifacts, tmp_path, monkeypatch):
