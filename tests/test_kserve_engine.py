@@ -8,7 +8,7 @@ import pytest
 import tensorflow as tf
 from kserve.errors import InvalidInput
 
-from helpers.kserve_engine import (RequestGuard, RequestPool, SavedModelServable, decode_json, encode_json,
+from helpers.kserve_engine import (RequestGuard, RequestPool, SavedModelServable, _answer, decode_json, encode_json,
                                    latest_version)
 
 X = [[1.0, 2.0, 3.0], [-1.0, 0.5, 4.0]]
@@ -257,3 +257,14 @@ def test_gate_lets_a_small_body_through_whatever_its_content_type():
 def test_gate_refuses_with_a_json_error(headers, path, status, message):
     got_status, body = call_gate(headers, b"x" * 11 if "content-length" in headers else b"", path)
     assert got_status == status and body["error"].startswith(message), body
+
+
+def test_only_a_server_fault_is_a_500():
+    def fault(body):
+        raise RuntimeError("disk on fire")
+
+    def bad_input(body):
+        raise InvalidInput("JSON Parse error: The document is empty")
+
+    assert _answer(fault, b"{}") == (500, b'{"error":"Internal: RuntimeError: disk on fire"}')
+    assert _answer(bad_input, b"") == (400, b'{"error":"JSON Parse error: The document is empty"}')

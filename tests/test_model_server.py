@@ -124,10 +124,12 @@ def request_on(conn, method, path, body=None, headers=None):
 def test_bad_request_is_a_4xx_json_error_and_the_connection_survives(server, case):
     body, status, message = BAD_REQUESTS[case]
     conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
+    conn.connect()
+    sock = conn.sock
     got = request_on(conn, "POST", "/v1/models/toy:predict", body.encode() if isinstance(body, str) else body)
     assert got[0] == status and got[1] == "application/json", got
     assert json.loads(got[2])["error"].startswith(message), got[2][:300]
-    sock = conn.sock
+    assert conn.sock is sock  # http.client drops its socket after a "Connection: close" reply
     status, _, reply = request_on(conn, "POST", "/v1/models/toy:predict", json.dumps({"instances": X}))
     assert status == 200 and conn.sock is sock  # same connection: it was kept alive
     conn.close()
