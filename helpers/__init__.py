@@ -17,6 +17,10 @@ SavedModels (chapters 4-7):
 - `helpers.model_server`: a model server as a child process (start, wait until ready, stop by PID);
   `helpers.kserve_engine`: TF Serving's REST API on KServe, where the real server is absent.
 
+Measured (chapter 9):
+- `helpers.benchmark`: every format's save and load against the disk's limit (fsync, cold cache,
+  a fresh process per load).
+
 Trust (chapter 11):
 - `helpers.sandbox`: loading a model you did not write in a child process with a time limit, a
   memory limit, a fresh HOME and no network.

@@ -1,10 +1,14 @@
-"""helpers.benchmark on a tiny model, so the chapter-9 benchmark cannot rot."""
+"""helpers.benchmark on a tiny model, so the chapter-9 benchmark cannot rot; and the committed data."""
 import gc
+import json
 import time
+from pathlib import Path
 
 import pytest
 
 from helpers import benchmark
+
+DATA = Path(__file__).resolve().parent.parent / "benchmarks" / "formats.json"
 
 
 def test_repeat_drops_warmup_runs_setup_untimed_and_keeps_gc_on():
@@ -101,3 +105,15 @@ def test_summary_compares_each_format_with_the_raw_file():
 def test_unknown_format_is_named():
     with pytest.raises(ValueError, match="unknown format 'pickle'"):
         benchmark.measure("pickle", 8, 1, "unused")
+
+
+def test_committed_data_covers_every_format_at_three_sizes_up_to_a_gigabyte():
+    data = json.loads(DATA.read_text())
+    sizes = data["sizes"]
+    assert len(sizes) >= 3 and max(s["variable_bytes"] for s in sizes) >= 1e9
+    assert data["method"]["repeats"] >= 5 and data["method"]["warmup"] >= 1
+    for size in sizes:
+        assert set(size["formats"]) == set(benchmark.FORMATS), size["width"]
+        for fmt, r in size["formats"].items():
+            assert len(r["save"]["durable"]["samples"]) == data["method"]["repeats"], fmt
+            assert ("load" in r) == (fmt not in benchmark.SAME_FILES_AS), fmt
