@@ -603,6 +603,9 @@ def serve(model, port, host="127.0.0.1", max_request_bytes=DEFAULT_MAX_REQUEST_B
             self.config.host = host
             self.config.http = protocol
             self.config.timeout_keep_alive = idle_timeout_s
+            # asyncio accepts up to `backlog` queued connections in one go, before any is capped:
+            # uvicorn's 2048 ran a server with the usual 1024 open files out of descriptors
+            self.config.backlog = 128
             self._server = type(self._server)(self.config)
 
         def create_application(self):

@@ -144,6 +144,9 @@ def robustness(base, x, clients=200, idle_sockets=1100, limit=None):
         result["health_during_max_body_ms_p50"] = 1000 * float(np.median(health or [0]))
         result["rss_before_gb"], result["rss_peak_gb"] = rss_before / 1e9, peak[0] / 1e9
 
+        # the usual soft limit on open files (this machine's may be higher), as a reader's server has
+        process.rlimit(psutil.RLIMIT_NOFILE, (1024, 1024))
+        log_before = os.path.getsize(server.log_path)
         socks = []
         for _ in range(idle_sockets):
             s = socket.socket()
@@ -164,6 +167,7 @@ def robustness(base, x, clients=200, idle_sockets=1100, limit=None):
         except requests.RequestException as error:
             result["predict_while_idle_sockets"] = type(error).__name__
         result["predict_while_idle_sockets_s"] = time.perf_counter() - start
+        result["log_bytes_during_idle_sockets"] = os.path.getsize(server.log_path) - log_before
         for s in socks:
             s.close()
         time.sleep(1)

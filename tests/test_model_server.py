@@ -189,9 +189,17 @@ def closed_by_server(sock):
 
 
 def test_idle_and_slow_connections_are_closed_and_capped(server):
-    socks = [socket.create_connection(("127.0.0.1", server.port), timeout=5) for _ in range(30)]
-    socks[0].sendall(b"POST /v1/models/toy:predict HTTP/1.1\r\nHost: 127.0")  # headers never finished
-    time.sleep(0.3)
+    process = psutil.Process(server.pid)
+    limit = process.rlimit(psutil.RLIMIT_NOFILE)
+    process.rlimit(psutil.RLIMIT_NOFILE, (200, limit[1]))  # a burst of 300 must not exhaust descriptors
+    log_size = Path(server.log_path).stat().st_size
+    try:
+        socks = [socket.create_connection(("127.0.0.1", server.port), timeout=5) for _ in range(300)]
+        socks[0].sendall(b"POST /v1/models/toy:predict HTTP/1.1\r\nHost: 127.0")  # headers never finished
+        time.sleep(0.3)
+    finally:
+        process.rlimit(psutil.RLIMIT_NOFILE, limit)
+    assert "Too many open files" not in Path(server.log_path).read_text()[log_size:]
     held = [c for c in psutil.Process(server.pid).connections("inet") if c.status == psutil.CONN_ESTABLISHED]
     assert len(held) <= 20  # --max_connections=20: the oldest idle ones were closed
     assert predict(server, json={"instances": X}).status_code == 200  # a client still gets in
