@@ -1,6 +1,5 @@
 """helpers.kserve_engine in this process: the V1 contract of the servable (TF Serving's json_tensor.cc
-rules and texts), warm-up, the JSON reading and writing, the request gate."""
-import asyncio
+rules and texts), warm-up, the replies' JSON; the parser and the request gate have their own test files."""
 import json
 
 import numpy as np
@@ -8,8 +7,7 @@ import pytest
 import tensorflow as tf
 from kserve.errors import InvalidInput
 
-from helpers.kserve_engine import (RequestGuard, RequestPool, SavedModelServable, _answer, decode_json, encode_json,
-                                   latest_version)
+from helpers.kserve_engine import SavedModelServable, encode_json, latest_version
 
 X = [[1.0, 2.0, 3.0], [-1.0, 0.5, 4.0]]
 W = np.array([[0.5, -1.25], [2.0, 0.1], [-0.3, 0.7]], np.float32)
@@ -99,26 +97,10 @@ def test_floats_are_the_shortest_that_round_trip_like_tf_serving(servable):
     assert np.array_equal(np.float32(values), expected(x)[0])  # and loses nothing
 
 
-def test_tf_serving_accepts_nan_and_infinity_literals():
-    # rapidjson parses with kParseNanAndInfFlag in TF Serving's json_tensor.cc (ParseJson)
-    decoded = decode_json(b'{"inputs": [NaN, Infinity, -Infinity, 1.5]}')["inputs"]
-    assert np.isnan(decoded[0]) and decoded[1:] == [float("inf"), float("-inf"), 1.5]
-
-
 def test_infinite_outputs_are_written_as_tf_serving_writes_them(servable):
     # json_tensor.cc WriteDecimal: "NaN", "Infinity", "-Infinity" (not null)
     reply = encode_json(servable.predict_v1({"signature_name": "reciprocal", "inputs": [0.0, -0.0, 4.0]}))
     assert reply == b'{"outputs":[Infinity,-Infinity,0.25]}'
-
-
-@pytest.mark.parametrize("body, message", [
-    (b"", "JSON Parse error: The document is empty"),
-    (b'{"instances": [[1, 2', "JSON Parse error: Expecting ',' delimiter at offset: 20"),
-])
-def test_parse_errors_in_tf_servings_words(body, message):
-    with pytest.raises(InvalidInput) as error:
-        decode_json(body)
-    assert error.value.reason == message
 
 
 BAD_BODIES = {  # body: the start of the error, in TF Serving's words where it has them
@@ -215,56 +197,3 @@ def test_latest_version_is_the_highest_integer(tmp_path):
     assert latest_version(tmp_path, "m") == (10, tmp_path / "10")
     with pytest.raises(FileNotFoundError, match="No versions of servable m found under base path"):
         latest_version(tmp_path / "notes", "m")
-
-
-def call_gate(headers, body=b"", path="/v2/models/toy/infer", max_bytes=10):
-    """One request through the RequestGuard in front of an app that answers 200; (status, JSON body)."""
-    sent, events = [], [{"type": "http.request", "body": body, "more_body": False}]
-
-    async def app(scope, receive, send):
-        await receive()
-        await send({"type": "http.response.start", "status": 200, "headers": []})
-        await send({"type": "http.response.body", "body": b"{}"})
-
-    async def receive():
-        return events.pop(0) if events else {"type": "http.disconnect"}
-
-    async def send(message):
-        sent.append(message)
-
-    headers = {"host": "127.0.0.1:8501", **headers}
-    scope = {"type": "http", "method": "POST" if body else "GET", "path": path,
-             "headers": [(k.encode(), v.encode()) for k, v in headers.items()]}
-    asyncio.run(RequestGuard(app, None, 8501, max_bytes, RequestPool(1, 5))(scope, receive, send))
-    return sent[0]["status"], json.loads(sent[1]["body"])
-
-
-def test_gate_lets_a_small_body_through_whatever_its_content_type():
-    # TF Serving reads the body whatever the Content-Type (curl -d sends a form type)
-    for ctype in ("application/json", "application/x-www-form-urlencoded", None):
-        headers = {"content-length": "2", **({"content-type": ctype} if ctype else {})}
-        assert call_gate(headers, b"{}") == (200, {})
-
-
-@pytest.mark.parametrize("headers, path, status, message", [
-    ({"content-length": "11"}, "/v2/models/toy/infer", 413, "request body of 11 bytes is over"),
-    ({"host": "evil.example:8501"}, "/v1/models/toy", 403, "Host 'evil.example:8501' is not this server's"),
-    ({"origin": "http://127.0.0.1:9999"}, "/v1/models/toy", 403, "requests from web pages of other origins"),
-    ({}, "/metrics", 403, "/metrics is a management endpoint, off"),
-    ({}, "/openapi.json", 403, "/openapi.json is a management endpoint, off"),
-    ({}, "/v2/repository/models/toy/unload", 403, "/v2/repository/models/toy/unload is a management endpoint"),
-])
-def test_gate_refuses_with_a_json_error(headers, path, status, message):
-    got_status, body = call_gate(headers, b"x" * 11 if "content-length" in headers else b"", path)
-    assert got_status == status and body["error"].startswith(message), body
-
-
-def test_only_a_server_fault_is_a_500():
-    def fault(body):
-        raise RuntimeError("disk on fire")
-
-    def bad_input(body):
-        raise InvalidInput("JSON Parse error: The document is empty")
-
-    assert _answer(fault, b"{}") == (500, b'{"error":"Internal: RuntimeError: disk on fire"}')
-    assert _answer(bad_input, b"") == (400, b'{"error":"JSON Parse error: The document is empty"}')

@@ -1,0 +1,62 @@
+"""helpers.request_guard in this process: what the RequestGuard refuses before KServe sees a request,
+and which failures are the client's (400) or the server's (500)."""
+import asyncio
+import json
+
+import pytest
+from kserve.errors import InvalidInput
+
+from helpers.request_guard import RequestGuard, RequestPool, _answer
+
+
+def call_gate(headers, body=b"", path="/v2/models/toy/infer", max_bytes=10):
+    """One request through the RequestGuard in front of an app that answers 200; (status, JSON body)."""
+    sent, events = [], [{"type": "http.request", "body": body, "more_body": False}]
+
+    async def app(scope, receive, send):
+        await receive()
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"{}"})
+
+    async def receive():
+        return events.pop(0) if events else {"type": "http.disconnect"}
+
+    async def send(message):
+        sent.append(message)
+
+    headers = {"host": "127.0.0.1:8501", **headers}
+    scope = {"type": "http", "method": "POST" if body else "GET", "path": path,
+             "headers": [(k.encode(), v.encode()) for k, v in headers.items()]}
+    asyncio.run(RequestGuard(app, None, 8501, max_bytes, RequestPool(1, 5))(scope, receive, send))
+    return sent[0]["status"], json.loads(sent[1]["body"])
+
+
+def test_gate_lets_a_small_body_through_whatever_its_content_type():
+    # TF Serving reads the body whatever the Content-Type (curl -d sends a form type)
+    for ctype in ("application/json", "application/x-www-form-urlencoded", None):
+        headers = {"content-length": "2", **({"content-type": ctype} if ctype else {})}
+        assert call_gate(headers, b"{}") == (200, {})
+
+
+@pytest.mark.parametrize("headers, path, status, message", [
+    ({"content-length": "11"}, "/v2/models/toy/infer", 413, "request body of 11 bytes is over"),
+    ({"host": "evil.example:8501"}, "/v1/models/toy", 403, "Host 'evil.example:8501' is not this server's"),
+    ({"origin": "http://127.0.0.1:9999"}, "/v1/models/toy", 403, "requests from web pages of other origins"),
+    ({}, "/metrics", 403, "/metrics is a management endpoint, off"),
+    ({}, "/openapi.json", 403, "/openapi.json is a management endpoint, off"),
+    ({}, "/v2/repository/models/toy/unload", 403, "/v2/repository/models/toy/unload is a management endpoint"),
+])
+def test_gate_refuses_with_a_json_error(headers, path, status, message):
+    got_status, body = call_gate(headers, b"x" * 11 if "content-length" in headers else b"", path)
+    assert got_status == status and body["error"].startswith(message), body
+
+
+def test_only_a_server_fault_is_a_500():
+    def fault(body):
+        raise RuntimeError("disk on fire")
+
+    def bad_input(body):
+        raise InvalidInput("JSON Parse error: The document is empty")
+
+    assert _answer(fault, b"{}") == (500, b'{"error":"Internal: RuntimeError: disk on fire"}')
+    assert _answer(bad_input, b"") == (400, b'{"error":"JSON Parse error: The document is empty"}')
