@@ -211,8 +211,13 @@ def test_idle_and_slow_connections_are_closed_and_capped(server):
 
 
 def test_health_answers_while_a_max_size_request_runs(server):
-    # the busy signature keeps the model running for 1 s; the body is as large as the limit allows
-    head, tail = '{"signature_name": "busy", "inputs": [1.0', "]}"
+    # The busy signature keeps the model running for BUSY_S; the body is as large as the limit
+    # allows. Were parsing or predict on the event loop, each health check would wait for all of
+    # it (over BUSY_S); off the loop, each answers in milliseconds. The bound sits far from both,
+    # so a loaded machine does not decide the outcome. Whether the big request itself finishes
+    # (200) or hits the server's TIMEOUT_S (504) depends on the machine's load, not on the guard.
+    busy_s = 2.0
+    head, tail = f'{{"signature_name": "busy", "inputs": [{busy_s}', "]}"
     body = (head + ", 0.0" * ((LIMIT - len(head) - len(tail)) // 5) + tail).encode()
     assert LIMIT - 5 < len(body) <= LIMIT
     result = {}
@@ -226,8 +231,8 @@ def test_health_answers_while_a_max_size_request_runs(server):
         latencies.append(time.perf_counter() - start)
         time.sleep(0.05)
     worker.join()
-    assert result["reply"].status_code == 200
-    assert len(latencies) >= 5 and max(latencies) < 0.4, latencies
+    assert result["reply"].status_code in (200, 504), result["reply"].text
+    assert len(latencies) >= 5 and max(latencies) < busy_s / 2, latencies
 
 
 def test_a_slow_request_times_out_and_the_pool_is_bounded(server):
