@@ -77,7 +77,8 @@ def test_reader_cells_carry_no_test_machinery(path):
     cells = code_cells(path)
     first = "".join(cells[0]["source"])
     assert [line for line in first.splitlines() if line.startswith(("import ", "from "))] == [
-        "import importlib.metadata", "from helpers.environment import require"], first
+        "import importlib.metadata", "import sys", "from helpers.environment import require"], first
+    assert "%pip" not in first, "the %pip magic prints a needless 'you may need to restart the kernel'"
     for index, cell in enumerate(cells):
         source = "".join(cell["source"])
         for marker in ("formatwarning", "NBVAL_", "%xmode", "os.chdir(tempfile"):
