@@ -313,7 +313,3 @@ def restored_completely(status, method="assert_existing_objects_matched"):
             print("unmatched:", sorted(a or b.removesuffix(":0") for a, b in names))
         return False
     return True
-
-
-# The old name, for chapters not yet moved to `restored_completely` (it never raised).
-assert_restored = restored_completely
