@@ -244,9 +244,11 @@ def serve(model, port, host="127.0.0.1", max_request_bytes=DEFAULT_MAX_REQUEST_B
             self.config.host = host
             self.config.http = protocol
             self.config.timeout_keep_alive = idle_timeout_s
-            # asyncio accepts up to `backlog` queued connections in one go, before any is capped:
-            # uvicorn's 2048 ran a server with the usual 1024 open files out of descriptors
-            self.config.backlog = 128
+            # asyncio accepts up to `backlog` queued connections per loop turn, and a connection is
+            # capped two turns after it was accepted and closed one turn later: on a slow loop three
+            # bursts are open at once (uvicorn's 2048 ran out of the usual 1024 descriptors; 128
+            # ran a 200-descriptor test server out on a loaded CI machine). 32 keeps that under 100.
+            self.config.backlog = 32
             self._server = type(self._server)(self.config)
 
         def create_application(self):
