@@ -15,8 +15,10 @@ SavedModels (chapters 4-7):
 - `helpers.litert`: running LiteRT models and catching weightless conversions.
 - `helpers.measure`: medians of repeated timings, with an untimed setup.
 - `helpers.model_server`: a model server as a child process (start, wait until ready, stop by PID);
-  `helpers.kserve_engine`: TF Serving's REST API on KServe, where the real server is absent, with
-  `helpers.tf_serving_json` (TF Serving's JSON rules) and `helpers.request_guard` (the HTTP limits).
+  `helpers.kserve_engine`: TF Serving's REST API on KServe, where the real server is absent, built
+  from `helpers.servable` (a SavedModel as a KServe model), `helpers.tf_serving_json` (TF Serving's
+  JSON rules), `helpers.request_guard` and `helpers.request_pool` (the limits every request passes)
+  and `helpers.connection_guard` (the limits every connection passes).
 
 Measured (chapter 9):
 - `helpers.benchmark`: every format's save and load against the disk's limit (fsync, cold cache,

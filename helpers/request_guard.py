@@ -1,72 +1,25 @@
-"""The HTTP layer in front of KServe: the limits every request passes (Host/Origin, body size, time,
-a bounded thread pool, a connection cap), because KServe and uvicorn have none of them."""
+"""The HTTP layer in front of KServe: the limits every request passes (Host/Origin, management
+endpoints, body size and time, a slot on the bounded pool, the deadline), because KServe and
+uvicorn have none of them. Connections are guarded in `helpers.connection_guard`."""
 import asyncio
-import concurrent.futures
 import json
-import os
 import re
 import time
 
 import tensorflow as tf
 from kserve.errors import InvalidInput
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+from helpers.request_pool import Refused, RequestPool
 from helpers.tf_serving_json import encode_json
 
-# TF Serving's defaults (model_servers/server.h): REST runs on 4 threads per CPU, each request
-# times out after 30 s (--rest_api_timeout_in_ms=30000).
-REST_THREADS = 4 * (os.cpu_count() or 1)
-REQUEST_TIMEOUT_S = 30.0
 # Measured with scripts/benchmark_serving.py --robustness (MobileNet, 2 busy cores): one 16 MiB
 # body (5 images as JSON) raised the server's peak RSS from 0.74 to 0.88 GB, and a health check
 # during it waited at most 0.19 s; a 64 MiB body (the old limit, 20 images) peaked at 1.23 GB and
 # held a health check up to 1.3 s (one C call, orjson.loads or np.asarray, holds the GIL that
 # long). With REST_THREADS requests at once the worst case is REST_THREADS times the extra.
 DEFAULT_MAX_REQUEST_BYTES = 16 * 1024 * 1024
-HEADER_TIMEOUT_S = 10.0  # a client must send its request line and headers within this
-BODY_TIMEOUT_S = 30.0  # ... and its body within this, after the headers
+BODY_TIMEOUT_S = 30.0  # ... and its body within this, after the headers (headers: connection_guard)
 IDLE_TIMEOUT_S = 5.0  # a kept-alive connection with no new request is closed after this
-MAX_CONNECTIONS = 256  # connections over this are closed at once (the usual fd limit is 1024)
-
-
-class Refused(Exception):
-    """A request answered with `status` and {"error": message}; `close` drops the connection after."""
-
-    def __init__(self, status, message, close=False):
-        super().__init__(message)
-        self.status, self.message, self.close = status, message, close
-
-
-class RequestPool:
-    """A bounded thread pool (TF Serving's size) with a per-request timeout, and slots: at most
-    `threads` requests hold a body in memory or run at a time; the others wait for a slot."""
-
-    def __init__(self, threads=REST_THREADS, timeout_s=REQUEST_TIMEOUT_S):
-        self.executor = concurrent.futures.ThreadPoolExecutor(threads, thread_name_prefix="rest")
-        self.threads, self.timeout_s = threads, timeout_s
-        self._slots = None
-
-    async def acquire(self, deadline):
-        if self._slots is None:
-            self._slots = asyncio.Semaphore(self.threads)
-        try:
-            await asyncio.wait_for(self._slots.acquire(), max(0.0, deadline - time.monotonic()))
-        except asyncio.TimeoutError:
-            raise Refused(503, f"the server is busy: {self.threads} requests are running and none finished "
-                               f"within {self.timeout_s:g} s") from None
-
-    def release(self):
-        self._slots.release()
-
-    async def run(self, fn, *args, deadline=None):
-        """`fn(*args)` on the pool; 504 if it is not done by `deadline` (it keeps its thread until done)."""
-        deadline = deadline or time.monotonic() + self.timeout_s
-        future = asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
-        try:
-            return await asyncio.wait_for(asyncio.shield(future), max(0.0, deadline - time.monotonic()))
-        except asyncio.TimeoutError:
-            raise Refused(504, f"Deadline exceeded: the request did not finish within {self.timeout_s:g} s "
-                               "(--rest_api_timeout_in_ms)") from None
 
 
 MANAGEMENT = re.compile(r"^/(metrics|docs|docs/oauth2-redirect|redoc|openapi\.json|v2/repository(/.*)?)$")
@@ -254,51 +207,3 @@ def _error_envelope(send):
         return await send(message)
 
     return wrapped
-
-
-class GuardedHttp(HttpToolsProtocol):
-    """uvicorn's HTTP protocol with a header timeout and a connection cap (uvicorn has neither): a
-    connection whose request line and headers are not complete within `header_timeout_s` is closed
-    (idle ones, slow senders); over `max_connections`, the oldest connection that is not in a
-    request is closed (so idle sockets cannot lock clients out), or the new one if all are busy."""
-
-    header_timeout_s, max_connections = HEADER_TIMEOUT_S, MAX_CONNECTIONS
-
-    def connection_made(self, transport):
-        super().connection_made(transport)
-        self._header_timer, self._opened = None, time.monotonic()
-        if len(self.connections) > self.max_connections:
-            idle = [c for c in self.connections if c is not self and isinstance(c, GuardedHttp)
-                    and not c.transport.is_closing() and (c.cycle is None or c.cycle.response_complete)]
-            victim = min(idle, key=lambda c: c._opened, default=self)
-            victim.transport.close()
-            if victim is self:
-                return
-        self._arm()
-
-    def _arm(self):
-        if self._header_timer is None:
-            self._header_timer = self.loop.call_later(self.header_timeout_s, self._too_slow)
-
-    def _too_slow(self):
-        self._header_timer = None
-        if not self.transport.is_closing():
-            self.transport.close()
-
-    def _disarm(self):
-        if getattr(self, "_header_timer", None) is not None:
-            self._header_timer.cancel()
-            self._header_timer = None
-
-    def data_received(self, data):
-        if self.cycle is None or self.cycle.response_complete:
-            self._arm()  # a new request begins: its headers must come in time
-        super().data_received(data)
-
-    def on_headers_complete(self):
-        self._disarm()
-        super().on_headers_complete()
-
-    def connection_lost(self, exc):
-        self._disarm()
-        super().connection_lost(exc)

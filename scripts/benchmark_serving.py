@@ -103,7 +103,7 @@ def robustness(base, x, clients=200, idle_sockets=1100, limit=None):
     import threading
 
     import psutil
-    from helpers.kserve_engine import DEFAULT_MAX_REQUEST_BYTES
+    from helpers.request_guard import DEFAULT_MAX_REQUEST_BYTES
 
     limit = limit or DEFAULT_MAX_REQUEST_BYTES
     server = ModelServer("mobilenet", base, engine="kserve", max_request_bytes=limit).start()

@@ -19,7 +19,7 @@ import pytest
 import requests
 
 from helpers.model_server import ModelServer, port_is_open, server_command
-from test_kserve_engine import X, expected, export_toy
+from test_servable import X, expected, export_toy
 
 ROOT = Path(__file__).resolve().parent.parent
 LIMIT = 1_000_000  # a small body limit, so the "very large request" case is cheap to send

@@ -6,7 +6,8 @@ import json
 import pytest
 from kserve.errors import InvalidInput
 
-from helpers.request_guard import RequestGuard, RequestPool, _answer
+from helpers.request_guard import RequestGuard, _answer
+from helpers.request_pool import RequestPool
 
 
 def call_gate(headers, body=b"", path="/v2/models/toy/infer", max_bytes=10):

@@ -1,4 +1,4 @@
-"""helpers.kserve_engine in this process: the V1 contract of the servable (TF Serving's json_tensor.cc
+"""helpers.servable in this process: the V1 contract of the servable (TF Serving's json_tensor.cc
 rules and texts), warm-up, the replies' JSON; the parser and the request gate have their own test files."""
 import json
 
@@ -7,7 +7,8 @@ import pytest
 import tensorflow as tf
 from kserve.errors import InvalidInput
 
-from helpers.kserve_engine import SavedModelServable, encode_json, latest_version
+from helpers.servable import SavedModelServable, latest_version
+from helpers.tf_serving_json import encode_json
 
 X = [[1.0, 2.0, 3.0], [-1.0, 0.5, 4.0]]
 W = np.array([[0.5, -1.25], [2.0, 0.1], [-0.3, 0.7]], np.float32)
