@@ -20,6 +20,13 @@ SavedModels (chapters 4-7):
   JSON rules), `helpers.request_guard` and `helpers.request_pool` (the limits every request passes)
   and `helpers.connection_guard` (the limits every connection passes).
 
+Serving in production (chapter 13):
+- `helpers.serving_protos`: TF Serving's config and request messages, where `tensorflow-serving-api`
+  is not installed; `helpers.serving_config`: the model config and batching files, checked, and
+  the offline engine per model (`serve_layout`); `helpers.warmup`: the recorded warm-up requests;
+  `helpers.inference_service`: KServe manifests checked against KServe's own classes;
+  `helpers.contract`: golden requests from a signature, replayed against a new export.
+
 Measured (chapter 9):
 - `helpers.benchmark`: every format's save and load against the disk's limit (fsync, cold cache,
   a fresh process per load).

@@ -27,6 +27,7 @@ from helpers.connection_guard import HEADER_TIMEOUT_S, MAX_CONNECTIONS, GuardedH
 from helpers.request_guard import BODY_TIMEOUT_S, DEFAULT_MAX_REQUEST_BYTES, IDLE_TIMEOUT_S, RequestGuard  # noqa: E402
 from helpers.request_pool import REQUEST_TIMEOUT_S, REST_THREADS, RequestPool  # noqa: E402
 from helpers.servable import SavedModelServable  # noqa: E402
+from helpers.warmup import replay, warmup_path  # noqa: E402
 
 
 def serve(model, port, host="127.0.0.1", max_request_bytes=DEFAULT_MAX_REQUEST_BYTES, threads=REST_THREADS,
@@ -93,6 +94,9 @@ def main(argv=None):
     parser.add_argument("--max_connections", type=int, default=MAX_CONNECTIONS)
     parser.add_argument("--warmup", action="store_true",
                         help="call every signature once at start-up: this RUNS the model before any request")
+    parser.add_argument("--enable_model_warmup", action="store_true",
+                        help="replay <version>/assets.extra/tf_serving_warmup_requests at start-up, as "
+                             "tensorflow_model_server does (there on by default): this RUNS the model")
     parser.add_argument("--enable_management", action="store_true",
                         help="answer /v2/repository (unload, load), /metrics, /docs and /openapi.json")
     parser.add_argument("--keep_running_without_parent", action="store_true",
@@ -102,6 +106,9 @@ def main(argv=None):
         exit_with_parent()
     model = SavedModelServable(args.model_name, args.model_base_path)
     model.load(warmup=args.warmup)
+    version_dir = os.path.join(args.model_base_path, str(model.version))
+    if args.enable_model_warmup and warmup_path(version_dir).exists():
+        replay(model.signatures, version_dir)
     serve(model, args.rest_api_port, max_request_bytes=args.max_request_bytes,
           threads=args.rest_api_num_threads, timeout_s=args.rest_api_timeout_in_ms / 1000,
           header_timeout_s=args.header_timeout_s, body_timeout_s=args.body_timeout_s,
