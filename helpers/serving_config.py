@@ -42,8 +42,10 @@ def served_versions(model, available):
 
 
 def check_model_config(config, where="model config"):
-    """Refuse what TF Serving would refuse or silently mis-serve: no models, a model without a name or
-    base path, a duplicate name, a relative base path, a label on a version the policy does not serve."""
+    """Refuse what TF Serving refuses at start-up (a duplicate name, a relative base path; server_core.cc)
+    and what it may accept but mis-serve: no models, a model without a name or base path, labels
+    without a `specific` policy (under `latest` a new version unloads the labelled one), a label on a
+    version the policy does not serve (accepted with --allow_version_labels_for_unavailable_models)."""
     models = config.model_config_list.config
     if not models:
         raise ValueError(f"{where}: model_config_list has no config entries")
@@ -53,11 +55,12 @@ def check_model_config(config, where="model config"):
         if not model.name or not model.base_path:
             raise ValueError(f"{at}: every config needs a name and a base_path")
         if model.name in seen:
-            raise ValueError(f"{at}: the name appears twice")
+            raise ValueError(f"{at}: the name appears twice; TF Serving refuses that at start-up "
+                             f"(Illegal to list model {model.name} multiple times in config list)")
         seen.add(model.name)
-        if not model.base_path.startswith(("/", "gs://", "s3://", "hdfs://")):
-            raise ValueError(f"{at}: base_path '{model.base_path}' is relative; the server resolves it "
-                             "against its own working folder, so give an absolute path")
+        if not model.base_path.startswith("/") and "://" not in model.base_path:  # a URI has a scheme
+            raise ValueError(f"{at}: base_path '{model.base_path}' is relative; TF Serving refuses it at "
+                             f"start-up (Expected model {model.name} to have an absolute path or URI)")
         if model.version_labels and model.model_version_policy.WhichOneof("policy_choice") != "specific":
             raise ValueError(f"{at}: version_labels need a model_version_policy {{ specific {{ ... }} }} "
                              "that lists the labelled versions")
