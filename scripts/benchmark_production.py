@@ -36,7 +36,8 @@ BATCH = 32
 
 
 def export_models(work, names):
-    """The toy model (chapter 13's) and the MobileNet stand-in, each as version 1 with a warm-up file."""
+    """A toy model (the layer of chapter 13's `Net`, one Dense(5) on an input `x`, built functionally) and
+    chapter 7's MobileNet stand-in, each as version 1 with a warm-up file."""
     models = {}
     if "toy" in names:
         tf.keras.utils.set_random_seed(0)
