@@ -2,8 +2,9 @@
 against a new export so that a change clients would notice (a renamed input, a new dtype, other
 numbers) fails a test before the new version is served.
 
-Each golden pair is a TF Serving REST body in one of its forms: rows (`instances`), either
-name-free (one input only) or by input name, and columns (`inputs`) by input name. Bytes inputs
+Each golden pair is a TF Serving REST body in one of its four forms: rows (`instances`) and
+columns (`inputs`), each either by input name or, where the signature has one input, without it
+(json_tensor.cc accepts a plain value there). Bytes inputs
 are sent as {"b64": ...}, as TF Serving requires for binary data. The expected replies are written
 as TF Serving writes them (shortest float32 decimals, a single output without its name).
 """
@@ -55,6 +56,8 @@ def golden_pairs(signatures, signature_name="serving_default", rows=2):
         (value,) = values.values()
         pairs.insert(0, {"form": "rows, name-free", "request": {**base, "instances": to_json(value)},
                          "response": {"predictions": predictions}})
+        pairs.insert(2, {"form": "columns, name-free", "request": {**base, "inputs": to_json(value)},
+                         "response": {"outputs": columns}})
     return pairs
 
 

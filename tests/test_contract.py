@@ -37,8 +37,9 @@ def exports(tmp_path_factory):
 
 def test_the_golden_forms_follow_the_signature(exports):
     pairs = golden_pairs(tf.saved_model.load(str(exports / "exported" / "1")).signatures)
-    assert [p["form"] for p in pairs] == ["rows, name-free", "rows by name", "columns by name"]
-    assert list(pairs[1]["request"]["instances"][0]) == ["x"] and list(pairs[2]["request"]["inputs"]) == ["x"]
+    assert [p["form"] for p in pairs] == ["rows, name-free", "rows by name", "columns, name-free", "columns by name"]
+    assert list(pairs[1]["request"]["instances"][0]) == ["x"] and list(pairs[3]["request"]["inputs"]) == ["x"]
+    assert pairs[2]["request"]["inputs"] == pairs[0]["request"]["instances"]  # TF Serving's {"inputs": [...]}
     assert list(pairs[0]["response"]) == ["predictions"] and list(pairs[2]["response"]) == ["outputs"]
 
 
