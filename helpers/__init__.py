@@ -35,6 +35,10 @@ Trust (chapter 11):
 - `helpers.sandbox`: loading a model you did not write in a child process with a time limit, a
   memory limit, a fresh HOME and no network.
 
+Beyond one machine (chapter 12):
+- `helpers.distributed`: a 2-worker MultiWorkerMirroredStrategy cluster on 127.0.0.1 (TF_CONFIG,
+  free ports), its checkpointing workers, and the cleanup that leaves no process behind.
+
 Around the book: `helpers.environment` (version checks), `helpers.legacy` (running Keras 2 code),
 `helpers.table` and `helpers.display` (printing tables, showing helper source). `helpers._child`
 (private) is how `saved_model_cli`, the LiteRT converter and legacy Keras run as child processes.
