@@ -24,7 +24,7 @@ from .model_server import free_port
 
 STEPS, INTERVAL, GLOBAL_BATCH = 12, 5, 4  # `train`: steps in all, a save every INTERVAL steps
 EPOCHS, BATCHES = 4, 4  # `keras2_fit`: epochs of 4 batches
-WORKERS = ("train", "keras2_fit")
+WORKERS = ("train", "keras2_fit", "preempted")
 
 
 def tf_config(addresses, index):
@@ -125,6 +125,42 @@ def train(directory, kill_at=None, chief_only_save=False, try_fit=False):
             _report("saved", int(step.numpy()), os.path.relpath(path, directory))
     _report("done", int(step.numpy()), float(seen.numpy()),
             [w.numpy().round(6).tolist() for w in model.weights])
+
+
+def preempted(directory, kill_at=None):
+    """A loop run by `PreemptionCheckpointHandler`: with `kill_at`, this worker sends itself
+    SIGTERM (the platform's warning) before that step; the handler then has every worker save at
+    the same step and call `exit_fn`, which exits with code 42. A restart resumes there."""
+    import tensorflow as tf
+
+    strategy = tf.distribute.MultiWorkerMirroredStrategy()
+    with strategy.scope():
+        step = tf.Variable(0, dtype=tf.int64)
+    config = tf.distribute.experimental.TerminationConfig(exit_fn=lambda: _exit(42))
+    handler = tf.distribute.experimental.PreemptionCheckpointHandler(
+        strategy.cluster_resolver, tf.train.Checkpoint(step=step), directory, config)
+    _report("start", int(step.numpy()))
+
+    @tf.function
+    def train_step():  # an all-reduce, as in training, keeps the workers in step
+        def replica_step():
+            workers = tf.distribute.get_replica_context().all_reduce("SUM", tf.ones([]))
+            step.assign_add(tf.cast(workers / strategy.num_replicas_in_sync, tf.int64))
+        strategy.run(replica_step)
+
+    while int(step.numpy()) < STEPS:
+        if kill_at == int(step.numpy()):
+            _report("sigterm", int(step.numpy()))
+            os.kill(os.getpid(), signal.SIGTERM)
+        handler.run(train_step)
+    _report("done", int(step.numpy()))
+
+
+def _exit(code):
+    """`exit_fn` of `preempted`: report, then end the process with `code` at once."""
+    _report("exit", code)
+    sys.stdout.flush()
+    os._exit(code)
 
 
 def keras2_fit(directory, kill_at=None):
@@ -265,6 +301,8 @@ def main(argv=None):
         if args.worker == "train":
             train(args.directory, kill_at=None if args.kill_at is None else int(args.kill_at),
                   chief_only_save=args.chief_only_save, try_fit=args.try_fit)
+        elif args.worker == "preempted":
+            preempted(args.directory, kill_at=None if args.kill_at is None else int(args.kill_at))
         else:
             keras2_fit(args.directory, kill_at=args.kill_at)
     except Exception as error:  # noqa: BLE001 (reported to the parent, then a quick exit)

@@ -131,6 +131,17 @@ def test_keras2_backup_and_restore_resumes_at_the_killed_epoch(tmp_path):
         assert batches[0] == "1.0" and batches[-1] == "3.3"
 
 
+def test_preemption_saves_the_same_step_on_every_worker(tmp_path):
+    warned = run_cluster("preempted", tmp_path, kill=(1, 7))
+    assert warned.exit_codes == [42, 42] and _no_trace(warned)
+    assert warned.events(1, "sigterm") == [[7]] and warned.events(0, "sigterm") == []
+    again = run_cluster("preempted", tmp_path)
+    assert again.exit_codes == [0, 0] and _no_trace(again)
+    start = again.first(0, "start")
+    assert start == again.first(1, "start") and start[0] in (8, 9)  # the step after the warning
+    assert again.first(0, "done") == again.first(1, "done") == [STEPS]
+
+
 def test_no_worker_or_port_survives_a_timeout(tmp_path, monkeypatch):
     ports = []
 
