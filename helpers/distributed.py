@@ -163,11 +163,12 @@ def _exit(code):
     os._exit(code)
 
 
-def keras2_fit(directory, kill_at=None):
-    """`fit` with `BackupAndRestore` under MultiWorkerMirroredStrategy, run with tf_keras (Keras 2).
+def keras2_fit(directory, kill_at=None, save_freq="epoch"):
+    """`fit` with `BackupAndRestore(save_freq=...)` under MultiWorkerMirroredStrategy, run with
+    tf_keras (Keras 2).
 
-    Reports every epoch and batch it starts; with `kill_at` ('epoch.batch') it SIGKILLs itself
-    at the start of that batch.
+    Reports every batch it starts; with `kill_at` ('epoch.batch') it SIGKILLs itself at the start
+    of that batch.
     """
     import tensorflow as tf
 
@@ -190,7 +191,7 @@ def keras2_fit(directory, kill_at=None):
                 _report("killed", kill_at)
                 _die()
 
-    backup = tf.keras.callbacks.BackupAndRestore(os.path.join(directory, "backup"))
+    backup = tf.keras.callbacks.BackupAndRestore(os.path.join(directory, "backup"), save_freq=save_freq)
     model.fit(data, epochs=EPOCHS, verbose=0, callbacks=[backup, Reports()])
     _report("done", EPOCHS, None, [w.numpy().round(6).tolist() for w in model.weights])
 
@@ -237,8 +238,9 @@ def run_cluster(worker, directory, workers=2, kill=None, legacy_keras=False, tim
             args = [sys.executable, "-m", "helpers.distributed", worker, os.path.abspath(directory)]
             if kill is not None and kill[0] == index:
                 args += ["--kill-at", str(kill[1])]
-            for name, value in options.items():
-                args += [f"--{name.replace('_', '-')}"] if value else []
+            for name, value in options.items():  # True: a flag; False/None: nothing; else a value
+                flag = f"--{name.replace('_', '-')}"
+                args += [] if value in (False, None) else [flag] if value is True else [flag, str(value)]
             out, err = tempfile.TemporaryFile("w+"), tempfile.TemporaryFile("w+")
             outputs.append((out, err))
             processes.append(subprocess.Popen(args, stdout=out, stderr=err,
@@ -296,6 +298,7 @@ def main(argv=None):
     parser.add_argument("--kill-at")
     parser.add_argument("--chief-only-save", action="store_true")
     parser.add_argument("--try-fit", action="store_true")
+    parser.add_argument("--save-freq", default="epoch")
     args = parser.parse_args(argv)
     try:
         if args.worker == "train":
@@ -304,7 +307,8 @@ def main(argv=None):
         elif args.worker == "preempted":
             preempted(args.directory, kill_at=None if args.kill_at is None else int(args.kill_at))
         else:
-            keras2_fit(args.directory, kill_at=args.kill_at)
+            save_freq = int(args.save_freq) if args.save_freq.isdigit() else args.save_freq
+            keras2_fit(args.directory, kill_at=args.kill_at, save_freq=save_freq)
     except Exception as error:  # noqa: BLE001 (reported to the parent, then a quick exit)
         _report("error", f"{type(error).__name__}: {str(error).strip()[:2000]}")
         sys.stdout.flush()

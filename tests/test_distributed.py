@@ -119,16 +119,19 @@ def test_killed_worker_resumes_at_the_right_step(tmp_path):
     assert resumed.first(0, "done")[0] == STEPS
 
 
-def test_keras2_backup_and_restore_resumes_at_the_killed_epoch(tmp_path):
+@pytest.mark.parametrize("save_freq, kill_at, resumes_at", [("epoch", "1.2", "1.0"), (2, "2.3", "2.2")])
+def test_keras2_backup_and_restore_resumes_at_the_right_epoch_and_batch(tmp_path, save_freq, kill_at,
+                                                                        resumes_at):
+    """Saved every epoch: the killed epoch again from its start; every 2 batches (after 2.1): 2.2."""
     pytest.importorskip("tf_keras")
-    stopped = run_cluster("keras2_fit", tmp_path, kill=(0, "1.2"), legacy_keras=True)
+    stopped = run_cluster("keras2_fit", tmp_path, kill=(0, kill_at), legacy_keras=True, save_freq=save_freq)
     assert stopped.exit_codes[0] == -9 and _no_trace(stopped)
     assert (tmp_path / "backup" / "chief" / "checkpoint").exists()
-    restarted = run_cluster("keras2_fit", tmp_path, legacy_keras=True)
+    restarted = run_cluster("keras2_fit", tmp_path, legacy_keras=True, save_freq=save_freq)
     assert restarted.exit_codes == [0, 0] and _no_trace(restarted)
     for worker in (0, 1):
         batches = [values[0] for values in restarted.events(worker, "batch")]
-        assert batches[0] == "1.0" and batches[-1] == "3.3"
+        assert batches[0] == resumes_at and batches[-1] == "3.3"
 
 
 def test_preemption_saves_the_same_step_on_every_worker(tmp_path):
