@@ -35,8 +35,9 @@ def tf_config(addresses, index):
 
 
 def write_directory(directory, task_type, task_id):
-    """Where this worker writes a save: the chief (worker 0) into `directory`, every other worker
-    into a `workertemp_<id>` folder inside it that it deletes after the save (tf_keras's layout)."""
+    """Where this worker writes a save: the chief (task type 'chief', or worker 0 in a cluster of
+    workers only, as here) into `directory`, every other worker into a `workertemp_<id>` folder
+    inside it that it deletes after the save (tf_keras's layout)."""
     if task_type not in ("worker", "chief"):
         raise ValueError(f"task_type must be 'worker' or 'chief', got {task_type!r}")
     is_chief = task_type == "chief" or (task_type == "worker" and task_id == 0)
