@@ -109,7 +109,8 @@ def train(directory, kill_at=None, chief_only_save=False, try_fit=False):
         def replica_step(x, y):
             with tf.GradientTape() as tape:
                 loss = tf.reduce_sum(tf.square(model(x) - y)) / GLOBAL_BATCH
-            optimizer.apply(tape.gradient(loss, model.trainable_variables), model.trainable_variables)
+            gradients = tape.gradient(loss, model.trainable_variables)
+            optimizer.apply_gradients(zip(gradients, model.trainable_variables))  # Keras 3 and tf_keras
             seen.assign_add(tf.cast(tf.shape(x)[0], tf.float32))
         strategy.run(replica_step, batch)
 

@@ -12,7 +12,8 @@ import psutil
 import pytest
 
 from helpers import _child, distributed
-from helpers.distributed import (INTERVAL, STEPS, run_cluster, tf_config, write_directory)
+from helpers.distributed import (GLOBAL_BATCH, INTERVAL, STEPS, run_cluster, tf_config,
+                                 write_directory)
 from helpers.model_server import free_port, port_is_open
 
 ROOT = str(Path(__file__).resolve().parent.parent)
@@ -117,6 +118,17 @@ def test_killed_worker_resumes_at_the_right_step(tmp_path):
         assert resumed.first(worker, "start") == [INTERVAL, "ckpt-1"]
         assert resumed.first(worker, "done") == reference.first(0, "done")
     assert resumed.first(0, "done")[0] == STEPS
+
+
+def test_the_custom_loop_runs_under_keras_2_too(tmp_path):
+    """Chapter 12: unlike Keras 3's `fit`, the custom loop runs on both Keras versions (it uses
+    `apply_gradients`; tf_keras's optimizers have no `apply`)."""
+    pytest.importorskip("tf_keras")
+    legacy = run_cluster("train", tmp_path, legacy_keras=True)
+    assert legacy.exit_codes == [0, 0], legacy.reports
+    assert _no_trace(legacy)
+    for worker in (0, 1):
+        assert legacy.first(worker, "done")[:2] == [STEPS, STEPS * GLOBAL_BATCH]
 
 
 @pytest.mark.parametrize("save_freq, kill_at, resumes_at", [("epoch", "1.2", "1.0"), (2, "2.3", "2.2")])
