@@ -315,8 +315,21 @@ def main(argv=None):
         _report("error", f"{type(error).__name__}: {str(error).strip()[:2000]}")
         sys.stdout.flush()
         os._exit(1)
+    _leave_together()
     sys.stdout.flush()
     os._exit(0)  # a clean MultiWorkerMirroredStrategy shutdown takes seconds; nothing is left to do
+
+
+def _leave_together(timeout_s=120):
+    """Wait until every worker has finished before this one exits: a worker that leaves at once
+    can still owe the others data of the last all-reduce (they pull it from its gRPC server), and
+    they fail with `UnavailableError ... Connection reset by peer`. The chief hosts the barrier
+    (TF's coordination service), so it stays a moment longer for the answers to reach the others."""
+    from tensorflow.python.eager import context
+
+    context.context().wait_at_barrier("helpers.distributed: finished", int(timeout_s * 1000))
+    if json.loads(os.environ["TF_CONFIG"])["task"]["index"] == 0:
+        time.sleep(0.5)
 
 
 if __name__ == "__main__":

@@ -106,14 +106,16 @@ def _no_trace(run):
 
 def test_killed_worker_resumes_at_the_right_step(tmp_path):
     reference = run_cluster("train", tmp_path / "reference")
-    assert reference.exit_codes == [0, 0] and _no_trace(reference)
+    assert reference.exit_codes == [0, 0], reference.reports
+    assert _no_trace(reference)
     killed = run_cluster("train", tmp_path / "killed", kill=(1, INTERVAL + 2))
     assert killed.exit_codes[1] == -9 and killed.first(1, "killed") == [INTERVAL + 2]
     assert _no_trace(killed)
     assert sorted(p.name for p in (tmp_path / "killed").iterdir()) == [
         "checkpoint", "ckpt-1.data-00000-of-00001", "ckpt-1.index"]  # the chief's only
     resumed = run_cluster("train", tmp_path / "killed")
-    assert resumed.exit_codes == [0, 0] and _no_trace(resumed)
+    assert resumed.exit_codes == [0, 0], resumed.reports
+    assert _no_trace(resumed)
     for worker in (0, 1):
         assert resumed.first(worker, "start") == [INTERVAL, "ckpt-1"]
         assert resumed.first(worker, "done") == reference.first(0, "done")
@@ -140,7 +142,8 @@ def test_keras2_backup_and_restore_resumes_at_the_right_epoch_and_batch(tmp_path
     assert stopped.exit_codes[0] == -9 and _no_trace(stopped)
     assert (tmp_path / "backup" / "chief" / "checkpoint").exists()
     restarted = run_cluster("keras2_fit", tmp_path, legacy_keras=True, save_freq=save_freq)
-    assert restarted.exit_codes == [0, 0] and _no_trace(restarted)
+    assert restarted.exit_codes == [0, 0], restarted.reports
+    assert _no_trace(restarted)
     for worker in (0, 1):
         batches = [values[0] for values in restarted.events(worker, "batch")]
         assert batches[0] == resumes_at and batches[-1] == "3.3"
@@ -148,10 +151,12 @@ def test_keras2_backup_and_restore_resumes_at_the_right_epoch_and_batch(tmp_path
 
 def test_preemption_saves_the_same_step_on_every_worker(tmp_path):
     warned = run_cluster("preempted", tmp_path, kill=(1, 7))
-    assert warned.exit_codes == [42, 42] and _no_trace(warned)
+    assert warned.exit_codes == [42, 42], warned.reports
+    assert _no_trace(warned)
     assert warned.events(1, "sigterm") == [[7]] and warned.events(0, "sigterm") == []
     again = run_cluster("preempted", tmp_path)
-    assert again.exit_codes == [0, 0] and _no_trace(again)
+    assert again.exit_codes == [0, 0], again.reports
+    assert _no_trace(again)
     start = again.first(0, "start")
     assert start == again.first(1, "start") and start[0] in (8, 9)  # the step after the warning
     assert again.first(0, "done") == again.first(1, "done") == [STEPS]
