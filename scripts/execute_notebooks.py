@@ -12,7 +12,9 @@ go to this terminal instead of into the stored outputs.
 
 A re-run only changes what changed: a cell whose new outputs equal the stored ones once the
 differences that tests/sanitize.cfg allows are removed keeps its stored outputs, and a notebook with
-no changed cell keeps its file (and its recorded run time) byte for byte. Notebooks are written in
+no changed cell keeps its file (and its recorded run time) byte for byte. Cells tagged
+`nbval-ignore-output` (timings) do not count as changed; when another cell did change, the whole
+new run is stored, so every output on a page comes from one run. Notebooks are written in
 one canonical form (no execution timestamps, sorted keys), which tests/test_notebook_hygiene.py checks.
 """
 import argparse
@@ -98,15 +100,23 @@ def execute(path, rules):
     start = time.perf_counter()
     client.execute()
     seconds = time.perf_counter() - start
+    ignored = []  # (stored cell, new cell) of cells whose output nbval does not compare
     for old, new in zip(stored.cells, nb.cells):
         if new.cell_type != "code":
             continue
         new.outputs = merged_streams(new.outputs)
         if same_outputs(merged_streams(old.get("outputs", [])), new.outputs, rules):
             new.outputs = merged_streams(old.outputs)  # keep what differs only where sanitize.cfg allows
+        elif "nbval-ignore-output" in new.metadata.get("tags", []):
+            ignored.append((old, new))
     nb.metadata["book_execution"] = stored.metadata.get("book_execution")
+    fresh = [new.outputs for _, new in ignored]
+    for old, new in ignored:  # timings and the like: a re-run that changed nothing else keeps the stored run
+        new.outputs = merged_streams(old.outputs)
     if canonical(nb) == canonical(stored):
         return seconds, False
+    for (_, new), outputs in zip(ignored, fresh):  # something else changed: store this whole run
+        new.outputs = outputs
     nb.metadata["book_execution"] = {
         "seconds": round(seconds, 1),
         "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d"),
