@@ -11,6 +11,7 @@ from pathlib import Path
 
 import tensorflow as tf
 
+from helpers.savedmodel import get_signature, load
 from helpers.serving_protos import PredictionLog, PredictLog, PredictRequest
 
 WARMUP_FILE = "tf_serving_warmup_requests"
@@ -35,11 +36,10 @@ def prediction_log(model_name, inputs, signature_name="serving_default"):
 def write_warmup(version_dir, model_name, requests, signature_name="serving_default"):
     """Write `requests` (a list of {input name: array}) as the warm-up file of the SavedModel in
     `version_dir`, after checking each request's input names against that signature."""
-    if not (Path(version_dir) / "saved_model.pb").exists():
-        raise FileNotFoundError(f"{version_dir} is not a SavedModel version folder (no saved_model.pb)")
     if not 0 < len(requests) <= MAX_RECORDS:
         raise ValueError(f"{len(requests)} warm-up requests: TF Serving reads 1 to {MAX_RECORDS}")
-    expected = set(signature_inputs(version_dir, signature_name))
+    signature = get_signature(load(version_dir), signature_name, path=version_dir)
+    expected = set(signature.structured_input_signature[1])
     for index, inputs in enumerate(requests):
         if set(inputs) != expected:
             raise ValueError(f"warm-up request {index}: inputs {sorted(inputs)}, but signature "
@@ -62,14 +62,6 @@ def read_warmup(version_dir):
         if record.WhichOneof("log_type") != "predict_log":
             raise ValueError(f"{path}: record {index} is not a predict_log")
     return [record.predict_log.request for record in records]
-
-
-def signature_inputs(version_dir, signature_name="serving_default"):
-    """{input name: TensorSpec} of a signature of the SavedModel in `version_dir`."""
-    signatures = tf.saved_model.load(str(version_dir)).signatures
-    if signature_name not in signatures:
-        raise KeyError(f"{version_dir} has no signature '{signature_name}' (it has {sorted(signatures)})")
-    return signatures[signature_name].structured_input_signature[1]
 
 
 def replay(signatures, version_dir, log=print):

@@ -40,7 +40,7 @@ def closed_by_server(sock, wait_s=3):
     sock.settimeout(wait_s)
     try:
         return sock.recv(1) == b""
-    except ConnectionResetError:
+    except ConnectionResetError:  # closed with our unread bytes in its buffer
         return True
     except socket.timeout:
         return False

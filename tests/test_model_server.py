@@ -19,6 +19,7 @@ import pytest
 import requests
 
 from helpers.model_server import ModelServer, port_is_open, server_command
+from test_connection_guard import closed_by_server
 from test_servable import X, expected, export_toy
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -179,13 +180,6 @@ def read_until_closed(sock):
     while chunk := sock.recv(65536):
         chunks.append(chunk)
     return b"".join(chunks)
-
-
-def closed_by_server(sock):
-    try:
-        return sock.recv(1) == b""
-    except ConnectionResetError:  # closed with our unread bytes in its buffer
-        return True
 
 
 def test_idle_and_slow_connections_are_closed_and_capped(server):

@@ -4,6 +4,7 @@ import pytest
 import tensorflow as tf
 
 from helpers.model_server import ModelServer
+from helpers.savedmodel import NotASavedModelError
 from helpers.warmup import MAX_RECORDS, read_warmup, replay, warmup_path, write_warmup
 
 
@@ -47,7 +48,7 @@ def test_more_records_than_tf_serving_reads_are_refused(version_dir):
 
 
 def test_a_folder_that_is_no_savedmodel_is_named(tmp_path):
-    with pytest.raises(FileNotFoundError, match="no saved_model.pb"):
+    with pytest.raises(NotASavedModelError, match="no saved_model.pb"):
         write_warmup(tmp_path, "counting", [{"x": np.zeros((1, 1), np.float32)}])
 
 
