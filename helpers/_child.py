@@ -14,6 +14,14 @@ import textwrap
 QUIET = {"TF_CPP_MIN_LOG_LEVEL": "3"}  # TensorFlow's C++ start-up lines would bury the error
 
 
+def package_env():
+    """This environment, quiet, with the book's package folder first on PYTHONPATH, so a child run
+    as `python -m helpers.X` imports these helpers from any working folder."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    path = [root] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+    return {**os.environ, **QUIET, "PYTHONPATH": os.pathsep.join(path)}
+
+
 def run(args, env=None, timeout=600):
     """Run `args` with this environment plus `QUIET` and `env`; return the `CompletedProcess`.
 

@@ -27,10 +27,11 @@ import timeit
 from pathlib import Path
 from typing import NamedTuple
 
+from helpers._child import package_env
+
 FORMATS = (".weights.h5", "sharded .weights.json", "Checkpoint.write", "Checkpoint.write async",
            ".keras", "model.export", "tf.saved_model.save", "raw file")
 SAME_FILES_AS = {"Checkpoint.write async": "Checkpoint.write"}  # loaded like the sync checkpoint
-QUIET = {"TF_CPP_MIN_LOG_LEVEL": "3"}
 
 
 class Stats(NamedTuple):
@@ -347,11 +348,8 @@ def _bytes(folder):
 
 def run_child(args, timeout=900):
     """Run `python -m helpers.benchmark ARGS` in a fresh process; return its JSON answer."""
-    root = Path(__file__).resolve().parent.parent
-    env = {**os.environ, **QUIET, "PYTHONPATH": os.pathsep.join(
-        [str(root)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p])}
     done = subprocess.run([sys.executable, "-m", "helpers.benchmark", *map(str, args)],
-                          capture_output=True, text=True, env=env, timeout=timeout)
+                          capture_output=True, text=True, env=package_env(), timeout=timeout)
     if done.returncode != 0:
         tail = "\n".join(done.stderr.strip().splitlines()[-5:])
         raise RuntimeError(f"benchmark child {' '.join(map(str, args[:2]))} failed "

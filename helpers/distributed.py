@@ -20,6 +20,7 @@ import sys
 import tempfile
 import time
 
+from ._child import package_env
 from .model_server import free_port
 
 STEPS, INTERVAL, GLOBAL_BATCH = 12, 5, 4  # `train`: steps in all, a save every INTERVAL steps
@@ -231,7 +232,7 @@ def run_cluster(worker, directory, workers=2, kill=None, legacy_keras=False, tim
     os.makedirs(directory, exist_ok=True)
     ports = [free_port() for _ in range(workers)]
     addresses = [f"127.0.0.1:{port}" for port in ports]
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": _package_root()}
+    env = package_env()
     if legacy_keras:
         env["TF_USE_LEGACY_KERAS"] = "1"
     processes, outputs = [], []
@@ -285,11 +286,6 @@ def _wait(processes, timeout, grace=20):
                     p.kill()
             raise RuntimeError(f"the cluster did not finish within {timeout} s; its workers were killed")
         time.sleep(0.05)
-
-
-def _package_root():
-    here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    return os.pathsep.join([here, os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)
 
 
 def main(argv=None):
