@@ -5,6 +5,7 @@
     .venv/bin/python scripts/execute_notebooks.py notebooks/02_*.ipynb  # some
     .venv/bin/python scripts/execute_notebooks.py --format-only         # canonical form, no run
     .venv/bin/python scripts/execute_notebooks.py --status-only         # just rewrite status.md
+    .venv/bin/python scripts/execute_notebooks.py --remeasure           # record this run's times too
 
 Kernels run exactly as under pytest (scripts/notebook_kernel.py: the start-up file, a scratch
 folder, the offline Keras cache), with `capture_fd_output=False` so TensorFlow's C++ start-up lines
@@ -12,7 +13,8 @@ go to this terminal instead of into the stored outputs.
 
 A re-run only changes what changed: a cell whose new outputs equal the stored ones once the
 differences that tests/sanitize.cfg allows are removed keeps its stored outputs, and a notebook with
-no changed cell keeps its file (and its recorded run time) byte for byte. Cells tagged
+no changed cell keeps its file (and its recorded run time) byte for byte; with `--remeasure` it keeps
+its outputs but records this run's time and versions (status.md's times come from a quiet run). Cells tagged
 `nbval-ignore-output` (timings) do not count as changed; when another cell did change, the whole
 new run is stored, so every output on a page comes from one run. Notebooks are written in
 one canonical form (no execution timestamps, sorted keys), which tests/test_notebook_hygiene.py checks.
@@ -90,8 +92,10 @@ def package_version(*names):
     return "not installed"
 
 
-def execute(path, rules):
-    """Run one notebook; return (seconds, whether its stored file changed)."""
+def execute(path, rules, remeasure=False):
+    """Run one notebook; return (seconds, whether its stored file changed).
+
+    remeasure: record this run's time and versions even when no output changed."""
     stored = nbformat.read(path, as_version=4)
     nb = nbformat.read(path, as_version=4)
     client = NotebookClient(nb, timeout=600, kernel_name="python3", record_timing=False,
@@ -113,10 +117,12 @@ def execute(path, rules):
     fresh = [new.outputs for _, new in ignored]
     for old, new in ignored:  # timings and the like: a re-run that changed nothing else keeps the stored run
         new.outputs = merged_streams(old.outputs)
-    if canonical(nb) == canonical(stored):
+    unchanged = canonical(nb) == canonical(stored)
+    if unchanged and not remeasure:
         return seconds, False
-    for (_, new), outputs in zip(ignored, fresh):  # something else changed: store this whole run
-        new.outputs = outputs
+    if not unchanged:
+        for (_, new), outputs in zip(ignored, fresh):  # something else changed: store this whole run
+            new.outputs = outputs
     nb.metadata["book_execution"] = {
         "seconds": round(seconds, 1),
         "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d"),
@@ -125,7 +131,7 @@ def execute(path, rules):
         "keras": package_version("keras"),
     }
     path.write_text(canonical(nb))
-    return seconds, True
+    return seconds, not unchanged
 
 
 def status_page(notebooks):
@@ -154,6 +160,8 @@ def main():
     parser.add_argument("notebooks", nargs="*", type=Path)
     parser.add_argument("--status-only", action="store_true")
     parser.add_argument("--format-only", action="store_true", help="rewrite in canonical form, run nothing")
+    parser.add_argument("--remeasure", action="store_true",
+                        help="record each run's time even when its outputs are unchanged (for status.md)")
     args = parser.parse_args()
     all_notebooks = sorted((ROOT / "notebooks").glob("*.ipynb"))
     chosen = [p.resolve() for p in args.notebooks] or all_notebooks
@@ -166,7 +174,7 @@ def main():
         rules = sanitizers()
         for path in chosen:
             try:
-                seconds, changed = execute(path, rules)
+                seconds, changed = execute(path, rules, remeasure=args.remeasure)
                 print(f"executed {path.relative_to(ROOT)} in {seconds:.1f} s"
                       f"{'' if changed else ' (outputs unchanged)'}", flush=True)
             except CellExecutionError as error:

@@ -38,3 +38,16 @@ def test_an_unchanged_chapter_keeps_its_file_and_a_changed_one_stores_one_whole_
     assert execute(path, sanitizers())[1]
     timing_after, answer = outputs(path)
     assert answer == "43\n" and timing_after != timing_before  # the timing of the same run
+
+
+def test_remeasure_records_the_new_time_but_keeps_unchanged_outputs(tmp_path):
+    path = chapter(tmp_path, 42)
+    execute(path, sanitizers())
+    stored = nbformat.read(path, as_version=4)
+    stored.metadata["book_execution"]["seconds"] = 999.0  # as if once measured on a busy machine
+    path.write_text(canonical(stored))
+    before = outputs(path)
+    seconds, changed = execute(path, sanitizers(), remeasure=True)
+    after = nbformat.read(path, as_version=4)
+    assert changed is False and outputs(path) == before  # the timing cell's old output stays too
+    assert after.metadata["book_execution"]["seconds"] == round(seconds, 1) != 999.0
