@@ -1,0 +1,180 @@
+"""Bring a Colab runtime to the Keras this book was run with, and add a chapter's extras, without
+moving anything the installed TensorFlow pins or the running kernel has already imported.
+
+Each chapter's first cell calls `install_tested_keras(...)` right after pip-installing this package.
+Keras is pure Python and the kernel has not imported it yet, so no restart is needed. pip gets
+constraints: TensorFlow itself `==` its installed version, TensorFlow's own requirements (its
+Requires-Dist, markers evaluated), and `==` for every distribution the kernel has already imported
+(psutil, IPython, ...), whose new files the running kernel would not see. A package that would have to
+move one of them is either backtracked by pip to a version that fits, or the install fails with pip's
+own account of the conflict.
+"""
+import importlib.metadata
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+try:
+    from packaging.markers import default_environment
+    from packaging.requirements import Requirement
+except ImportError:  # TensorFlow requires packaging; pip always carries a copy
+    from pip._vendor.packaging.markers import default_environment
+    from pip._vendor.packaging.requirements import Requirement
+
+DISTRIBUTION = "ckpt-vs-savedmodel-helpers"
+TESTED_KERAS_EXTRA = "tested-keras"  # pyproject.toml: the Keras every stored output comes from
+
+
+def normalized(name):
+    """A distribution name as pip compares them (PEP 503): `ML_Dtypes` and `ml-dtypes` are one."""
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def requirements_of(distribution, extra=""):
+    """The Requires-Dist of a distribution whose markers hold here, for `extra` ('' = none)."""
+    environment = {**default_environment(), "extra": extra}
+    wanted = []
+    for line in distribution.requires or []:
+        requirement = Requirement(line)
+        if requirement.marker is not None and not requirement.marker.evaluate(environment):
+            continue
+        if extra and (requirement.marker is None or "extra" not in str(requirement.marker)):
+            continue  # a base requirement, not one the extra adds
+        wanted.append(requirement)
+    return wanted
+
+
+def tensorflow_distributions(packages=None):
+    """The installed distributions that provide the `tensorflow` package (tensorflow, tensorflow-cpu, ...)."""
+    packages = importlib.metadata.packages_distributions() if packages is None else packages
+    names = sorted(set(packages.get("tensorflow", [])))
+    return [importlib.metadata.distribution(name) for name in names]
+
+
+def imported_distributions(modules=None, packages=None):
+    """{name: version} of the distributions whose top-level modules the running interpreter has imported."""
+    modules = sys.modules if modules is None else modules
+    packages = importlib.metadata.packages_distributions() if packages is None else packages
+    found = {}
+    for module in list(modules):
+        if "." in module:
+            continue
+        for name in packages.get(module, []):
+            if normalized(name) == DISTRIBUTION:
+                continue
+            try:
+                found[normalized(name)] = importlib.metadata.version(name)
+            except importlib.metadata.PackageNotFoundError:
+                continue
+    return found
+
+
+def constraints(modules=None, packages=None):
+    """pip constraint lines: TensorFlow ==, its own requirements, and == for every imported distribution.
+
+    Raises RuntimeError when TensorFlow is not installed (the book uses the reader's own)."""
+    packages = importlib.metadata.packages_distributions() if packages is None else packages
+    tensorflows = tensorflow_distributions(packages)
+    if not tensorflows:
+        raise RuntimeError("TensorFlow is not installed here: this book uses the TensorFlow you have "
+                           "(Colab's, or `pip install tensorflow`), so install it first")
+    pins = {normalized(tf.metadata["Name"]): f"{tf.metadata['Name']}=={tf.version}" for tf in tensorflows}
+    for name, version in imported_distributions(modules, packages).items():
+        pins.setdefault(name, f"{name}=={version}")  # stricter than any range below
+    ranges = {}
+    for tf in tensorflows:
+        for requirement in requirements_of(tf):
+            key = normalized(requirement.name)
+            if key not in pins and requirement.specifier and not requirement.url:
+                name, specifiers = ranges.get(key, (requirement.name, []))
+                ranges[key] = (name, [*specifiers, str(requirement.specifier)])
+    lines = {**{key: f"{name}{','.join(specifiers)}" for key, (name, specifiers) in ranges.items()}, **pins}
+    return [lines[key] for key in sorted(lines)]
+
+
+def book_requirements(*extras):
+    """The book's tested Keras and the requirements of `extras`, read from this package's metadata."""
+    book = importlib.metadata.distribution(DISTRIBUTION)
+    declared = set(book.metadata.get_all("Provides-Extra") or [])
+    unknown = [extra for extra in extras if normalized(extra) not in {normalized(e) for e in declared}]
+    if unknown:
+        raise ValueError(f"{DISTRIBUTION} has no extra {', '.join(map(repr, unknown))}; "
+                         f"it has {', '.join(sorted(declared))}")
+    wanted = []
+    for extra in (TESTED_KERAS_EXTRA, *extras):
+        for requirement in requirements_of(book, extra=normalized(extra)):
+            line = f"{requirement.name}{requirement.specifier}"
+            if line not in wanted:
+                wanted.append(line)
+    return wanted
+
+
+def installed_versions():
+    """{normalized name: version} of every installed distribution, read afresh."""
+    versions = {}
+    for distribution in importlib.metadata.distributions():
+        name = distribution.metadata["Name"]
+        if name:
+            versions.setdefault(normalized(name), distribution.version)
+    return versions
+
+
+def what_changed(before, after, limit=6):
+    """One line naming each upgrade, downgrade and addition ('keras 3.13.2 -> 3.15.1; added onnx 1.22.0')."""
+    moved = [f"{name} {before[name]} -> {after[name]}" for name in sorted(after)
+             if name in before and before[name] != after[name]]
+    added = [f"{name} {after[name]}" for name in sorted(after) if name not in before]
+    removed = [name for name in sorted(before) if name not in after]
+    parts = []
+    if moved:
+        parts.append(", ".join(moved))
+    if added:
+        shown = ", ".join(added[:limit]) + (f" and {len(added) - limit} more" if len(added) > limit else "")
+        parts.append(f"added {shown}")
+    if removed:
+        parts.append(f"removed {', '.join(removed)}")
+    return "; ".join(parts) or "nothing changed"
+
+
+def pip_conflict(output):
+    """The lines of pip's output that say why it could not resolve (or what it left inconsistent)."""
+    keep = [line.strip() for line in output.splitlines()
+            if re.search(r"conflict is caused by|ResolutionImpossible|Cannot install|depends on|"
+                         r"requires .*but you have|user requested|No matching distribution|"
+                         r"Could not find a version", line)]
+    return "\n".join(dict.fromkeys(keep)) or output.strip()[-2000:]
+
+
+def install_tested_keras(*extras, run=subprocess.run):
+    """pip-install the book's tested Keras and `extras` under TensorFlow's and the kernel's pins; print one line.
+
+    Raises RuntimeError naming the conflict when pip cannot resolve, and when Keras itself is already
+    imported (then the runtime must be restarted first, because a module in memory stays old)."""
+    wanted = book_requirements(*extras)
+    if "keras" in sys.modules:
+        installed = importlib.metadata.version("keras")
+        if not any(Requirement(line).name == "keras" and installed in Requirement(line).specifier
+                   for line in wanted):
+            raise RuntimeError(f"Keras {installed} is already imported in this runtime, so a new Keras "
+                               "would not take effect: restart the runtime and run this cell first")
+    before = installed_versions()
+    start = time.perf_counter()
+    with tempfile.TemporaryDirectory() as folder:
+        constraint_file = Path(folder) / "constraints.txt"
+        constraint_file.write_text("\n".join(constraints()) + "\n")
+        result = run([sys.executable, "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
+                      "--no-input", "--constraint", str(constraint_file), *wanted],
+                     capture_output=True, text=True)
+    seconds = time.perf_counter() - start
+    output = (result.stdout or "") + (result.stderr or "")
+    if result.returncode:
+        raise RuntimeError(f"pip could not install {' '.join(wanted)} without moving what the installed "
+                           f"TensorFlow or the running kernel needs:\n{pip_conflict(output)}")
+    after = installed_versions()
+    print(f"Installed in {seconds:.0f} s: {what_changed(before, after)}")
+    if "dependency conflicts" in output:  # pip installed, but left another package's requirement unmet
+        print(f"pip reports:\n{pip_conflict(output)}", file=sys.stderr)
+    return before, after
