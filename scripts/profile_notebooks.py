@@ -41,7 +41,8 @@ def _book_audit(event, args):
     if event in ("subprocess.Popen", "os.posix_spawn"):
         argv = args[1] or [args[0]]
         argv = argv.split() if isinstance(argv, (str, bytes)) else list(argv)
-        _book_starts.append(" ".join("python" if str(a) == _sys.executable else str(a) for a in argv)[:160])
+        line = " ".join("python" if str(a) == _sys.executable else str(a) for a in argv)
+        _book_starts.append(" ".join(line.split())[:160])  # a `python -c` program on one line
 _sys.addaudithook(_book_audit)
 def _book_clock():
     t = _os.times()
