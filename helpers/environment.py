@@ -9,16 +9,18 @@ def _version(text):
 def require(keras=None, tensorflow=None):
     """Raise a RuntimeError naming the package and the fix if an installed version is too old.
 
-    The book runs on TensorFlow 2.16-2.21 with Keras 3; some chapters need a newer Keras
-    (for example `model.export(..., input_signature=...)` arrived in Keras 3.8).
+    Every chapter asks for the Keras its stored outputs were made with (pyproject.toml's tested-keras
+    extra); on Colab its first cell installs that Keras (helpers.colab.install_tested_keras).
     """
     import tensorflow as tf
     installed = {"tensorflow": tf.__version__, "keras": tf.keras.__version__}  # 2.16+: Keras 3
     for name, minimum in (("tensorflow", tensorflow), ("keras", keras)):
         if minimum and _version(installed[name]) < _version(minimum):
-            raise RuntimeError(
-                f"this chapter needs {name} >= {minimum}, but {installed[name]} is installed: "
-                f"run  pip install -U '{name}>={minimum}'  and restart the runtime")
+            fix = (f"run  pip install -U '{name}>={minimum}'  and restart the runtime" if name == "tensorflow" else
+                   "restart the runtime and, before anything imports TensorFlow, run  from helpers.colab "
+                   "import install_tested_keras; install_tested_keras()  (the book's Keras, within what "
+                   "your TensorFlow allows)")
+            raise RuntimeError(f"this chapter needs {name} >= {minimum}, but {installed[name]} is installed: {fix}")
     if _version(installed["keras"]) < (3,):
         raise RuntimeError(
             f"this book is written for Keras 3, but tf.keras is Keras {installed['keras']} "
