@@ -4,10 +4,10 @@ moving anything the installed TensorFlow pins or the running kernel has already 
 Each chapter's first cell calls `install_tested_keras(...)` right after pip-installing this package.
 Keras is pure Python and the kernel has not imported it yet, so no restart is needed. pip gets
 constraints: TensorFlow itself `==` its installed version, TensorFlow's own requirements (its
-Requires-Dist, markers evaluated), and `==` for every distribution the kernel has already imported
-(psutil, IPython, ...), whose new files the running kernel would not see. A package that would have to
-move one of them is either backtracked by pip to a version that fits, or the install fails with pip's
-own account of the conflict.
+Requires-Dist, markers evaluated), `==` for every distribution the kernel has already imported
+(psutil, IPython, ...), whose new files the running kernel would not see, and every requirement of
+the other installed packages that holds now. A package that would have to move one of them is either
+backtracked by pip to a version that fits, or the install fails with pip's own account of the conflict.
 """
 import importlib.metadata
 import re
@@ -47,11 +47,13 @@ def requirements_of(distribution, extra=""):
     return wanted
 
 
-def tensorflow_distributions(packages=None):
+def tensorflow_distributions(packages=None, distributions=None):
     """The installed distributions that provide the `tensorflow` package (tensorflow, tensorflow-cpu, ...)."""
     packages = importlib.metadata.packages_distributions() if packages is None else packages
-    names = sorted(set(packages.get("tensorflow", [])))
-    return [importlib.metadata.distribution(name) for name in names]
+    names = {normalized(name) for name in packages.get("tensorflow", [])}
+    if distributions is None:
+        return [importlib.metadata.distribution(name) for name in sorted(names)]
+    return [d for d in distributions if normalized(d.metadata["Name"]) in names]
 
 
 def imported_distributions(modules=None, packages=None):
@@ -72,26 +74,37 @@ def imported_distributions(modules=None, packages=None):
     return found
 
 
-def constraints(modules=None, packages=None):
-    """pip constraint lines: TensorFlow ==, its own requirements, and == for every imported distribution.
+def constraints(modules=None, packages=None, distributions=None):
+    """pip constraint lines, so that installing moves nothing the reader's runtime depends on.
 
+    - TensorFlow `==` its installed version, and every requirement TensorFlow declares;
+    - `==` for every distribution the running kernel has imported (a new version would need a restart);
+    - every requirement of another installed distribution that holds now (grpcio-status's protobuf < 6,
+      numba's numpy < 2.3, ...): TensorFlow 2.20 no longer caps protobuf, Colab's other packages do.
     Raises RuntimeError when TensorFlow is not installed (the book uses the reader's own)."""
     packages = importlib.metadata.packages_distributions() if packages is None else packages
-    tensorflows = tensorflow_distributions(packages)
+    distributions = list(importlib.metadata.distributions()) if distributions is None else distributions
+    versions = {}
+    for distribution in distributions:
+        versions.setdefault(normalized(distribution.metadata["Name"]), distribution.version)
+    tensorflows = tensorflow_distributions(packages, distributions)
     if not tensorflows:
         raise RuntimeError("TensorFlow is not installed here: this book uses the TensorFlow you have "
                            "(Colab's, or `pip install tensorflow`), so install it first")
-    pins = {normalized(tf.metadata["Name"]): f"{tf.metadata['Name']}=={tf.version}" for tf in tensorflows}
+    pins = {normalized(tf.metadata["Name"]): f"{normalized(tf.metadata['Name'])}=={tf.version}" for tf in tensorflows}
     for name, version in imported_distributions(modules, packages).items():
         pins.setdefault(name, f"{name}=={version}")  # stricter than any range below
     ranges = {}
-    for tf in tensorflows:
-        for requirement in requirements_of(tf):
+    for distribution in [*tensorflows, *distributions]:
+        own = distribution in tensorflows
+        for requirement in requirements_of(distribution):
             key = normalized(requirement.name)
-            if key not in pins and requirement.specifier and not requirement.url:
-                name, specifiers = ranges.get(key, (requirement.name, []))
-                ranges[key] = (name, [*specifiers, str(requirement.specifier)])
-    lines = {**{key: f"{name}{','.join(specifiers)}" for key, (name, specifiers) in ranges.items()}, **pins}
+            if key in pins or requirement.url or not requirement.specifier:
+                continue
+            if not own and not (key in versions and requirement.specifier.contains(versions[key], prereleases=True)):
+                continue  # not installed, or already unmet: nothing that works now depends on it
+            ranges.setdefault(key, {})[str(requirement.specifier)] = None
+    lines = {**{key: f"{key}{','.join(specifiers)}" for key, specifiers in ranges.items()}, **pins}
     return [lines[key] for key in sorted(lines)]
 
 

@@ -1,4 +1,5 @@
 """helpers.colab: the constraints pip gets in a chapter's first cell, and what the installer reports."""
+import importlib.metadata
 import re
 import subprocess
 import sys
@@ -56,7 +57,6 @@ TF_REQUIRES = [
 
 def test_requirements_of_keeps_only_what_applies_here(site):
     fake_distribution(site, "faketf", "2.19.0", TF_REQUIRES)
-    import importlib.metadata
     tf = importlib.metadata.distribution("faketf")
     names = [r.name for r in colab.requirements_of(tf)]
     assert names == ["protobuf", "numpy", "keras", "packaging", "psutil"]
@@ -65,13 +65,30 @@ def test_requirements_of_keeps_only_what_applies_here(site):
 
 def test_constraints_pin_tensorflow_keep_its_ranges_and_pin_what_is_imported(site):
     fake_distribution(site, "faketf", "2.19.0", TF_REQUIRES)
-    fake_distribution(site, "psutil", "5.9.5")  # found before this environment's own psutil
+    fake_distribution(site, "psutil", "5.9.5")
+    fake_distribution(site, "numpy", "2.1.3")
+    fake_distribution(site, "protobuf", "5.29.6")
+    fake_distribution(site, "keras", "3.13.2")
+    fake_distribution(site, "grpcio-status", "1.71.2", ["protobuf<6.0dev,>=5.26.1"])
+    fake_distribution(site, "numba", "0.61.2", ["numpy<2.3,>=1.24", "llvmlite<0.45,>=0.44"])  # llvmlite absent
+    fake_distribution(site, "stale", "1.0", ["numpy<2.0"])  # already unmet here: it constrains nothing
+    installed = list(importlib.metadata.distributions(path=[str(site)]))
     packages = {"tensorflow": ["faketf"], "psutil": ["psutil"], "helpers": [colab.DISTRIBUTION]}
     lines = colab.constraints(modules={"psutil": None, "psutil._pslinux": None, "helpers": None},
-                              packages=packages)
+                              packages=packages, distributions=installed)
     # psutil: imported, so pinned where it is, not merely kept below 9 as TensorFlow asks
-    assert lines == ["faketf==2.19.0", "keras>=3.5.0", "numpy<2.2.0,>=1.26.0",
-                     "protobuf!=4.21.0,<6.0.0dev,>=3.20.3", "psutil==5.9.5"]
+    assert lines == ["faketf==2.19.0", "keras>=3.5.0", "numpy<2.2.0,>=1.26.0,<2.3,>=1.24",
+                     "protobuf!=4.21.0,<6.0.0dev,>=3.20.3,<6.0dev,>=5.26.1", "psutil==5.9.5"]
+
+
+def test_tensorflow_without_a_protobuf_cap_is_held_by_the_packages_that_cap_it(site):
+    """TensorFlow 2.20 asks protobuf>=5.28.0 only; Colab's grpcio-status keeps it below 6."""
+    fake_distribution(site, "faketf", "2.20.0", ["protobuf>=5.28.0"])
+    fake_distribution(site, "protobuf", "5.29.6")
+    fake_distribution(site, "grpcio-status", "1.71.2", ["protobuf<6.0dev,>=5.26.1"])
+    installed = list(importlib.metadata.distributions(path=[str(site)]))
+    lines = colab.constraints(modules={}, packages={"tensorflow": ["faketf"]}, distributions=installed)
+    assert lines == ["faketf==2.20.0", "protobuf>=5.28.0,<6.0dev,>=5.26.1"]
 
 
 def test_constraints_without_tensorflow_say_so(site):
