@@ -49,17 +49,26 @@ def listens_on(pid, port):
     return False
 
 
-def server_command(engine, model_name, model_base_path, port, max_request_bytes=None, warmup=False):
-    """The command line that starts `engine` with TF Serving's flags."""
+def grpc_socket_path(model_name, port):
+    """Where `ModelServer` has the real server put its gRPC API: a socket file named after the model
+    and REST port (so two servers never share it), instead of TCP port 8500 on every interface."""
+    return os.path.join(tempfile.gettempdir(), f"{model_name}-{port}.grpc.sock")
+
+
+def server_command(engine, model_name, model_base_path, port, max_request_bytes=None, warmup=False,
+                   grpc_socket=None):
+    """The command line that starts `engine` with TF Serving's flags. For tensorflow_model_server,
+    `grpc_socket` (a path) moves its gRPC API from TCP port 8500 to that socket file (`--port=0`)."""
     if engine == "tensorflow_model_server":
         if warmup:
             raise ValueError("tensorflow_model_server warms up only from recorded requests in the "
                              "SavedModel's assets.extra/tf_serving_warmup_requests, not from a flag")
-        # It also opens gRPC on --port (default 8500) and binds 0.0.0.0, with no flag to change
-        # that (tensorflow/serving#1969): run it only where the network is yours.
+        # Without --port=0 it also opens gRPC on --port (default 8500); both bind 0.0.0.0, with
+        # no flag to change that (tensorflow/serving#1969): run it only where the network is yours.
+        grpc = [] if grpc_socket is None else ["--port=0", f"--grpc_socket_path={grpc_socket}"]
         return ["tensorflow_model_server", f"--model_name={model_name}",
                 f"--model_base_path={os.path.abspath(model_base_path)}",  # must be absolute
-                f"--rest_api_port={port}"]
+                f"--rest_api_port={port}", *grpc]
     if engine != "kserve":
         raise ValueError(f"engine must be 'tensorflow_model_server' or 'kserve', got {engine!r}")
     extra = ([] if max_request_bytes is None else [f"--max_request_bytes={max_request_bytes}"]) + \
@@ -99,8 +108,11 @@ class ModelServer:
         return self.process.pid if self.process else None
 
     def command(self):
+        """The engine's command line; the real server gets its gRPC API on a socket file
+        (`grpc_socket_path`), so it takes no fixed TCP port beside the free REST port."""
+        grpc = grpc_socket_path(self.model_name, self.port) if self.engine == "tensorflow_model_server" else None
         return server_command(self.engine, self.model_name, self.model_base_path, self.port,
-                              self.max_request_bytes, self.warmup) + self.extra_flags
+                              self.max_request_bytes, self.warmup, grpc) + self.extra_flags
 
     def launch(self):
         """Start the server process and return at once (`wait_ready()` waits for it)."""
@@ -169,6 +181,8 @@ class ModelServer:
                     raise RuntimeError(f"port {self.port} is still open after its server exited")
                 time.sleep(0.1)
         self._remove_log()
+        if self.engine == "tensorflow_model_server":
+            Path(grpc_socket_path(self.model_name, self.port)).unlink(missing_ok=True)
         return self.process.returncode
 
     def __enter__(self):

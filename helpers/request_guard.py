@@ -1,8 +1,16 @@
 """The HTTP layer in front of KServe: the limits every request passes (Host/Origin, management
-endpoints, body size and time, a slot on the bounded pool, the deadline), because KServe and
-uvicorn have none of them. Connections are guarded in `helpers.connection_guard`."""
+endpoints, body size, time and memory, a slot on the bounded pool, the deadline), because KServe and
+uvicorn have none of them. V1 and V2 predictions are answered here; connections are guarded in
+`helpers.connection_guard`.
+
+The order for a prediction: refuse what can be refused from the request line and headers (no body
+is read for a refusal: the connection is closed instead); admit the body's declared size against
+the memory budget; read the body within `body_timeout_s` (no pool slot is held while a slow client
+sends); take a pool slot; run; answer within the deadline. The slot and the memory go back when the
+work ends, even after a 504."""
 import asyncio
 import json
+import logging
 import re
 import time
 
@@ -15,15 +23,52 @@ from helpers.tf_serving_json import encode_json
 # Measured with scripts/benchmark_serving.py --robustness (MobileNet, 2 busy cores): one 16 MiB
 # body (5 images as JSON) raised the server's peak RSS from 0.74 to 0.88 GB, and a health check
 # during it waited at most 0.19 s; a 64 MiB body (the old limit, 20 images) peaked at 1.23 GB and
-# held a health check up to 1.3 s (one C call, orjson.loads or np.asarray, holds the GIL that
-# long). With REST_THREADS requests at once the worst case is REST_THREADS times the extra.
+# held a health check up to 1.3 s (one C call, orjson.loads or np.asarray, holds the GIL that long).
 DEFAULT_MAX_REQUEST_BYTES = 16 * 1024 * 1024
-BODY_TIMEOUT_S = 30.0  # ... and its body within this, after the headers (headers: connection_guard)
+# What one byte of a JSON float body costs the server while it is parsed and converted (the peak
+# RSS rise over the body's size): measured by scripts/benchmark_serving.py --robustness, "bytes per
+# body byte", 8 concurrent 16 MiB bodies of random float32 values written by json.dumps (numbers of
+# 8-10 characters; shorter numbers cost more per byte, so this is rounded up).
+BYTES_PER_BODY_BYTE = 12
+# Requests are admitted while the sum of their declared sizes times BYTES_PER_BODY_BYTE stays within
+# this: 3 maximum-size bodies at once (3 x 16 MiB x 12 = 576 MiB); more wait for memory, not for RAM.
+MEMORY_BUDGET_BYTES = 3 * DEFAULT_MAX_REQUEST_BYTES * BYTES_PER_BODY_BYTE
+BODY_TIMEOUT_S = 10.0  # a body must arrive within this after its headers (16 MiB at 13 Mbit/s)
 IDLE_TIMEOUT_S = 5.0  # a kept-alive connection with no new request is closed after this
 
+MANAGEMENT = re.compile(r"^/(metrics|docs|docs/oauth2-redirect|redoc|openapi\.json|v2|v2/repository(/.*)?)$")
+# TF Serving's URL patterns (http_rest_api_util.cc), with ASCII digits: RE2's \d is ASCII only,
+# Python's also matches other scripts' digits ("/versions/٢")
+V1_PREDICT = re.compile(r"(?i)^/v1/models/([^/:]+)(?:/versions/([0-9]+)|/labels/([^/:]+))?:(predict|classify|regress)$")
+V2_INFER = re.compile(r"^/v2/models/([^/]+)(?:/versions/([^/]+))?/infer$")
+INT64_MAX = 2 ** 63 - 1
+log = logging.getLogger("helpers.request_guard")
 
-MANAGEMENT = re.compile(r"^/(metrics|docs|docs/oauth2-redirect|redoc|openapi\.json|v2/repository(/.*)?)$")
-V1_PREDICT = re.compile(r"(?i)^/v1/models/([^/:]+)(?:/versions/(\d+)|/labels/([^/:]+))?:predict$")
+
+class MemoryBudget:
+    """Admission by declared size: a request waits until its cost fits in `total` bytes beside the
+    requests already admitted (one request alone is always admitted), or is refused at its deadline."""
+
+    def __init__(self, total=MEMORY_BUDGET_BYTES):
+        self.total, self.used, self._changed = total, 0, None
+
+    async def reserve(self, cost, deadline):
+        if self._changed is None:
+            self._changed = asyncio.Condition()
+        async with self._changed:
+            try:
+                await asyncio.wait_for(self._changed.wait_for(lambda: self.used == 0 or self.used + cost <= self.total),
+                                       max(0.0, deadline - time.monotonic()))
+            except asyncio.TimeoutError:
+                raise Refused(503, f"the server is busy: the requests it holds use its memory budget of "
+                                   f"{self.total:,} bytes", close=True) from None
+            self.used += cost
+        return cost
+
+    async def release(self, cost):
+        async with self._changed:
+            self.used -= cost
+            self._changed.notify_all()
 
 
 class RequestGuard:
@@ -31,15 +76,17 @@ class RequestGuard:
 
     Refused with 403: a `Host` that is not this server's loopback address:port (DNS rebinding), an
     `Origin` that is not this server (any web page the reader visits), the management endpoints
-    (`/v2/repository/...` unload/load, `/metrics`, `/docs`, `/openapi.json`) unless `management`.
+    (`/v2/repository/...` unload/load, `/metrics`, `/docs`, `/openapi.json`, `/v2`) unless `management`.
     A POST body over `max_bytes` is refused with 413, one that does not arrive within `body_timeout_s`
-    with 408. V1 predict is answered here: parsing, conversion and the model call run on `pool`.
-    Any other error answer of KServe's ({"detail": ...}) is rewritten as {"error": ...}."""
+    with 408, one that does not fit the memory budget before the deadline with 503. V1 predict and V2
+    infer are answered here: parsing, conversion and the model call run on `pool`. Any other error
+    answer of KServe's ({"detail": ...}) is rewritten as {"error": ...}."""
 
     def __init__(self, app, servable, port, max_bytes=DEFAULT_MAX_REQUEST_BYTES, pool=None,
-                 body_timeout_s=BODY_TIMEOUT_S, management=False):
+                 body_timeout_s=BODY_TIMEOUT_S, management=False, budget=None):
         self.app, self.servable, self.max_bytes, self.management = app, servable, max_bytes, management
         self.pool = pool or RequestPool()
+        self.budget = budget or MemoryBudget(max(MEMORY_BUDGET_BYTES, max_bytes * BYTES_PER_BODY_BYTE))
         self.body_timeout_s = body_timeout_s
         self.hosts = {f"127.0.0.1:{port}".encode(), f"localhost:{port}".encode()}
         self.origins = {b"http://" + host for host in self.hosts}
@@ -48,35 +95,72 @@ class RequestGuard:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         headers = dict(scope["headers"])
-        receive = _Tracked(receive)
+        receive = _Tracked(receive, headers)
         try:
             self._check_caller(scope, headers)
-            v1 = V1_PREDICT.match(scope["path"]) if scope["method"] == "POST" else None
-            if v1:
-                return await self._predict_v1(v1, headers, receive, send)
-            if scope["method"] in ("POST", "PUT", "PATCH"):
-                return await self._pass_body(scope, headers, receive, send)
+            if scope["method"] == "POST":
+                return await self._predict(scope["path"], headers, receive, send)
+            if scope["method"] in ("PUT", "PATCH", "DELETE"):
+                raise Refused(405, f"Method Not Allowed: {scope['method']}")
         except Refused as refusal:
-            return await self._refuse(refusal, headers, receive, send)
+            return await _send_json(send, refusal.status, encode_json({"error": refusal.message}),
+                                    close=refusal.close or not receive.done)
         return await self.app(scope, receive, _error_envelope(send))
 
     def _check_caller(self, scope, headers):
         host, origin = headers.get(b"host", b""), headers.get(b"origin")
         if host not in self.hosts:
-            raise Refused(403, f"Host '{host.decode('latin-1')}' is not this server's address "
+            raise Refused(403, f"Host '{host[:100].decode('latin-1')}' is not this server's address "
                                f"({sorted(self.hosts)[0].decode()}): refused (DNS rebinding guard)")
         if origin is not None and origin not in self.origins:
             raise Refused(403, f"requests from web pages of other origins are refused "
-                               f"(Origin: {origin.decode('latin-1')})")
+                               f"(Origin: {origin[:100].decode('latin-1')})")
         if MANAGEMENT.match(scope["path"]) and not self.management:
             raise Refused(403, f"{scope['path']} is a management endpoint, off on this server "
                                "(start it with --enable_management to turn it on)")
 
-    async def _read_body(self, headers, receive, deadline):
+    def _route(self, path):
+        """The work a POST to `path` asks for, or a Refused in TF Serving's words."""
+        if (v1 := V1_PREDICT.match(path)):
+            name, version, label, method = v1.groups()
+            if method.lower() != "predict":
+                raise Refused(501, f"this engine answers :predict only (TF Serving also answers :{method.lower()})")
+            if version is not None and (len(version) > 19 or int(version) > INT64_MAX):
+                raise Refused(400, f"Failed to convert version: {version[:40]} to numeric.")
+            self._check_servable(name, version, label)
+            return self.servable.predict_v1_body
+        if (v2 := V2_INFER.match(path)):
+            name, version = v2.groups()
+            if name != self.servable.name:
+                raise Refused(404, f"Model with name {name[:100]} does not exist.")
+            if version is not None and version != str(self.servable.version):
+                raise Refused(404, f"Model {name} has no version {version[:40]}: this engine serves version "
+                                   f"{self.servable.version} only")
+            return self.servable.predict_v2_body
+        if path.lower().startswith("/v1/"):
+            raise Refused(400, f"Malformed request: POST {path[:200]}")
+        raise Refused(404, "Not Found")
+
+    def _check_servable(self, name, version, label):
+        if name != self.servable.name:
+            raise Refused(404, f"Servable not found for request: Latest({name[:100]})")
+        if label is not None:
+            raise Refused(400, f"Unrecognized servable version label: {label[:100]}")
+        if version is not None and int(version) != self.servable.version:
+            raise Refused(404, f"Servable not found for request: Specific({name}, {int(version)})")
+
+    def _declared_size(self, headers):
         declared = headers.get(b"content-length")
-        if declared is not None and int(declared) > self.max_bytes:
+        if declared is None:  # chunked: counted as the largest body allowed until it has arrived
+            return self.max_bytes
+        if not declared.isdigit() or len(declared) > 15:
+            raise Refused(400, "Content-Length is not a number", close=True)
+        if int(declared) > self.max_bytes:
             raise Refused(413, f"request body of {int(declared):,} bytes is over this server's limit "
                                f"of {self.max_bytes:,} bytes", close=True)
+        return int(declared)
+
+    async def _read_body(self, receive, deadline):
         chunks, size = [], 0
         while True:
             try:
@@ -94,66 +178,44 @@ class RequestGuard:
             if not event.get("more_body", False):
                 return b"".join(chunks)
 
-    async def _predict_v1(self, match, headers, receive, send):
-        name, version, label = match.groups()
+    async def _predict(self, path, headers, receive, send):
         start = time.monotonic()
-        await self.pool.acquire(start + self.pool.timeout_s)
-        released = False
+        deadline = start + self.pool.timeout_s
+        work = self._route(path)
+        cost = self._declared_size(headers) * BYTES_PER_BODY_BYTE
+        await self.budget.reserve(cost, deadline)
+        handed_over = False
         try:
-            body = await self._read_body(headers, receive, time.monotonic() + self.body_timeout_s)
-            if name != self.servable.name:
-                raise Refused(404, f"Servable not found for request: Latest({name})")
-            if label is not None:
-                raise Refused(400, f"Unrecognized servable version label: {label}")
-            if version is not None and int(version) != self.servable.version:
-                raise Refused(404, f"Servable not found for request: Specific({name}, {version})")
-            future = self.pool.executor.submit(_answer, self.servable.predict_v1_body, body)
+            body = await self._read_body(receive, time.monotonic() + self.body_timeout_s)
+            await self.pool.acquire(deadline)
+            future = self.pool.executor.submit(_answer, work, body)
+            del body
             loop = asyncio.get_running_loop()
-            future.add_done_callback(lambda _: loop.call_soon_threadsafe(self.pool.release))
-            released = True  # the slot is freed when the work ends, even after a timeout
+
+            def done(_):  # on the pool's thread: give the slot and the memory back on the loop
+                loop.call_soon_threadsafe(self.pool.release)
+                asyncio.run_coroutine_threadsafe(self.budget.release(cost), loop)
+
+            future.add_done_callback(done)
+            handed_over = True
             try:
                 status, reply = await asyncio.wait_for(
-                    asyncio.wrap_future(future), max(0.0, start + self.pool.timeout_s - time.monotonic()))
+                    asyncio.wrap_future(future), max(0.0, deadline - time.monotonic()))
             except asyncio.TimeoutError:
                 raise Refused(504, f"Deadline exceeded: the request did not finish within "
                                    f"{self.pool.timeout_s:g} s (--rest_api_timeout_in_ms)") from None
             await _send_json(send, status, reply)
         finally:
-            if not released:
-                self.pool.release()
-
-    async def _pass_body(self, scope, headers, receive, send):
-        """Other POSTs (V2 infer) go to KServe's app, with the same slot, size and time limits."""
-        await self.pool.acquire(time.monotonic() + self.pool.timeout_s)
-        try:
-            body = await self._read_body(headers, receive, time.monotonic() + self.body_timeout_s)
-            sent = False
-
-            async def replay():
-                nonlocal sent
-                if sent:
-                    return {"type": "http.disconnect"}
-                sent = True
-                return {"type": "http.request", "body": body, "more_body": False}
-
-            await self.app(scope, replay, _error_envelope(send))
-        finally:
-            self.pool.release()
-
-    async def _refuse(self, refusal, headers, receive, send):
-        if not refusal.close and not receive.done and headers.get(b"content-length", b"0") != b"0":
-            try:  # read the body of a refused request so the connection stays usable
-                await self._read_body(headers, receive, time.monotonic() + self.body_timeout_s)
-            except Refused:
-                refusal.close = True
-        await _send_json(send, refusal.status, encode_json({"error": refusal.message}), close=refusal.close)
+            if not handed_over:
+                await self.budget.release(cost)
 
 
 class _Tracked:
     """An ASGI `receive` that knows whether the whole request body has been read."""
 
-    def __init__(self, receive):
-        self.receive, self.done = receive, False
+    def __init__(self, receive, headers):
+        self.receive = receive
+        self.done = headers.get(b"content-length", b"0") == b"0" and b"transfer-encoding" not in headers
 
     async def __call__(self):
         event = await self.receive()
@@ -162,15 +224,17 @@ class _Tracked:
 
 
 def _answer(work, body):
-    """(status, JSON bytes) of `work(body)`: 400 with the message for bad input, 500 for a fault."""
+    """(status, JSON bytes) of `work(body)`: 400 with the message for bad input, 500 for a fault.
+    Client errors are not logged; a fault is logged by its type only (no request values)."""
     try:
         return 200, work(body)
     except InvalidInput as error:
         return 400, encode_json({"error": str(error.reason)})
     except tf.errors.InvalidArgumentError as error:  # the model refused the values: still the client's
-        return 400, encode_json({"error": error.message.splitlines()[0]})
+        return 400, encode_json({"error": error.message.splitlines()[0][:1000]})
     except Exception as error:  # a real server fault
-        return 500, encode_json({"error": f"Internal: {type(error).__name__}: {error}"})
+        log.error("prediction failed with %s", type(error).__name__)
+        return 500, encode_json({"error": f"Internal: {type(error).__name__}: {str(error)[:256]}"})
 
 
 async def _send_json(send, status, body, close=False):

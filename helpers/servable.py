@@ -4,10 +4,7 @@ What `helpers.kserve_engine` serves. TF Serving's JSON rules are in `helpers.tf_
 limits every request passes before it gets here are in `helpers.request_guard`. Signatures must
 have one input and one output (every model of the book does); the real server has no such limit.
 """
-import base64
-import binascii
 import gc
-import json
 from pathlib import Path
 
 import kserve
@@ -16,10 +13,12 @@ import tensorflow as tf
 from kserve.errors import InvalidInput
 from kserve.utils.utils import generate_uuid
 
-from helpers.tf_serving_json import TFS_TYPE_NAMES, _fits, _json_type, _leaves, decode_json, encode_json, shortest_floats
+from helpers.tf_serving_json import (_fits, debug_string, decode_b64, decode_json, encode_json, format_error, leaves,
+                                     tf_serving_values, type_error)
 
 V2_TYPES = {tf.float32: "FP32", tf.float64: "FP64", tf.int32: "INT32", tf.int64: "INT64",
             tf.uint8: "UINT8", tf.string: "BYTES", tf.bool: "BOOL"}
+BYTES_SUFFIX = "_bytes"  # json_tensor.cc kBytesTensorNameSuffix: such outputs are written as {"b64": ...}
 
 
 def latest_version(base_path, model_name):
@@ -38,11 +37,10 @@ def latest_version(base_path, model_name):
 class SavedModelServable(kserve.Model):
     """Every signature of the newest SavedModel version under `base_path`, as a KServe model."""
 
-    def __init__(self, name, base_path, pool=None):
+    def __init__(self, name, base_path):
         super().__init__(name)
         self.base_path = base_path
         self.version, self.signatures, self.inputs = None, {}, {}
-        self.pool = pool  # where V2 requests run (the RequestGuard runs V1 ones); None: in the caller
 
     def load(self, warmup=False):
         """Load the newest version. `warmup=True` also calls every signature once on zeros: that RUNS
@@ -67,7 +65,7 @@ class SavedModelServable(kserve.Model):
         self.ready = True
         return self.ready
 
-    def _tensor(self, value, spec, where, scan=True):
+    def _tensor(self, value, spec, where, scan=True, shape=None):
         """`value` as a tensor of `spec`, refusing what TF Serving refuses (null, true/false, lossy
         or overflowing ints, strings or {"b64": ...} for numbers, numbers for strings).
 
@@ -75,7 +73,9 @@ class SavedModelServable(kserve.Model):
         value (the caller knows the body holds no `true`/`false`)."""
         dtype = spec.dtype
         if dtype == tf.string:
-            array = np.array([self._string(v, where) for v in _leaves(value)], dtype=object)
+            strings = [self._string(v, where) for v in leaves(value)]
+            array = np.empty(len(strings), dtype=object)
+            array[:] = strings
             try:
                 array = array.reshape(np.shape(value))
             except ValueError:
@@ -83,21 +83,21 @@ class SavedModelServable(kserve.Model):
         else:
             try:
                 guess = np.asarray(value)
-            except ValueError as error:  # ragged lists
-                raise InvalidInput(f"{where}: cannot convert to {dtype.name}: {error}") from None
-            fits = _fits(dtype)
+            except ValueError:  # ragged lists, or nested deeper than numpy's 64 dimensions
+                self._check_leaves(value, dtype, where)  # a bad value explains it best, if there is one
+                raise InvalidInput(f"{where}: cannot convert to {dtype.name}: ragged lists or nesting deeper "
+                                   "than 64 levels, not a tensor") from None
             kind = guess.dtype.kind
             out_of_range = dtype.is_integer and kind == "i" and guess.size and \
                 (guess.min() < dtype.min or guess.max() > dtype.max)
             if scan or kind not in "fi" or dtype == tf.bool or (dtype.is_integer and kind == "f") or out_of_range:
-                bad = next((v for v in _leaves(value) if not fits(v)), fits)
-                if bad is not fits:
-                    raise InvalidInput(f"{where}: JSON Value: {json.dumps(bad)} Type: {_json_type(bad)} "
-                                       f"is not of expected type: {TFS_TYPE_NAMES.get(dtype, dtype.name)}")
+                self._check_leaves(value, dtype, where)
             try:
                 array = np.asarray(guess, dtype=dtype.as_numpy_dtype)
-            except (ValueError, TypeError) as error:
+            except (ValueError, TypeError, OverflowError) as error:
                 raise InvalidInput(f"{where}: cannot convert to {dtype.name}: {error}") from None
+        if shape is not None:  # V2: flat data and its shape
+            array = array.reshape(shape)
         if array.size == 0:
             raise InvalidInput(f"{where}: empty input")
         if not spec.shape.is_compatible_with(array.shape):
@@ -106,55 +106,72 @@ class SavedModelServable(kserve.Model):
         return tf.constant(array)
 
     @staticmethod
+    def _check_leaves(value, dtype, where):
+        fits = _fits(dtype)
+        for leaf in leaves(value):
+            if not fits(leaf):
+                raise InvalidInput(f"{where}: {type_error(leaf, dtype)}")
+
+    @staticmethod
     def _string(value, where):
         if isinstance(value, str):
-            return value.encode("utf-8")
+            try:
+                return value.encode("utf-8")
+            except UnicodeEncodeError:  # a lone surrogate ("\ud800"), which rapidjson refuses
+                raise InvalidInput(f"{where}: The surrogate pair in string is invalid.") from None
         if isinstance(value, dict) and list(value) == ["b64"] and isinstance(value["b64"], str):
             try:
-                return base64.b64decode(value["b64"], validate=True)
-            except binascii.Error:
-                raise InvalidInput(f"{where}: Unable to base64 decode") from None
-        raise InvalidInput(f"{where}: JSON Value: {json.dumps(value)} Type: {_json_type(value)} "
-                           "is not of expected type: string")
+                return decode_b64(value["b64"])
+            except InvalidInput as error:
+                raise InvalidInput(f"{where}: {error.reason}") from None
+        raise InvalidInput(f"{where}: {type_error(value, tf.string)}")
 
     def predict_v1(self, payload, scan=True):
         """TF Serving's V1 predict: a decoded JSON body in, the reply's dict out (raises InvalidInput)."""
+        # TF Serving's checks, in its order and words (json_tensor.cc ParseJson, FillSignature,
+        # FillPredictRequestFromJson); its FormatError quotes the request, at most 256 bytes of it
         if not isinstance(payload, dict):
-            raise InvalidInput("JSON Value: the request body is not an object")
+            raise InvalidInput(format_error(payload, "Is not object"))
+        name = payload.get("signature_name", "serving_default")
+        if not isinstance(name, str):
+            raise InvalidInput(format_error(payload, "not formatted correctly. 'signature_name' key must be a "
+                                                     "string value."))
+        if name not in self.signatures:
+            raise InvalidInput(f'Serving signature name: "{debug_string(name)[1:-1]}" not found in signature def')
         keys = {"instances", "inputs"} & set(payload)
         if len(keys) == 2:
-            raise InvalidInput("Not formatted correctly expecting only one of 'inputs' or 'instances' keys to exist")
+            raise InvalidInput(format_error(payload, "Not formatted correctly expecting only one of 'inputs' or "
+                                                     "'instances' keys to exist "))
         if not keys:
             raise InvalidInput("Missing 'inputs' or 'instances' key")
         (key,) = keys
-        name = payload.get("signature_name", "serving_default")
-        if not isinstance(name, str):
-            raise InvalidInput("'signature_name' key must be a string value.")
-        if name not in self.signatures:
-            raise InvalidInput(f'Serving signature name: "{name}" not found in signature def')
         input_name, spec = self.inputs[name]
         data = payload[key]
         if key == "instances":
-            if not isinstance(data, list) or not data:
-                raise InvalidInput("'instances' must be a non-empty list")
+            if not isinstance(data, list):
+                raise InvalidInput(format_error(payload, "Expecting 'instances' to be an list/array"))
+            if not data:
+                raise InvalidInput(format_error(payload, "No values in 'instances' array"))
             if isinstance(data[0], dict) and list(data[0]) != ["b64"]:  # rows by name: [{"x": ...}, ...]
                 for i, row in enumerate(data):  # json_tensor.cc FillTensorMapFromInstancesList's checks
                     if not isinstance(row, dict):
                         raise InvalidInput(f"Expecting object but got list at item {i} of input list")
                     for row_key in row:
                         if row_key != input_name:
-                            raise InvalidInput(f"Failed to process element: {i} key: {row_key} of 'instances' "
-                                               f"list. Error: JSON object: does not have named input: {row_key}")
+                            raise InvalidInput(f"Failed to process element: {i} key: {debug_string(row_key)[1:-1]} of "
+                                           "'instances' list. Error: JSON object: does not have named input: "
+                                           f"{debug_string(row_key)[1:-1]}")
                     if set(row) != {input_name}:
                         raise InvalidInput(f"Failed to process element: {i} of 'instances' list. JSON object: "
-                                           f"{json.dumps(row)[:200]} keys must be equal to: {input_name}")
+                                           f"{debug_string(row)} keys must be equal to: {input_name}")
                 data = [row[input_name] for row in data]
         elif isinstance(data, dict) and list(data) != ["b64"]:  # columnar by name: {"inputs": {"image": ...}}
             if input_name not in data:
                 raise InvalidInput(f"Missing named input: {input_name} in 'inputs' object.")
             data = data[input_name]
-        (output,) = self.signatures[name](**{input_name: self._tensor(data, spec, key, scan)}).values()
-        return {"predictions" if key == "instances" else "outputs": shortest_floats(output.numpy())}
+        (output_name, output), = self.signatures[name](**{input_name: self._tensor(data, spec, key, scan)}).items()
+        return {"predictions" if key == "instances" else "outputs":
+                tf_serving_values(output.numpy(), as_b64=output_name.endswith(BYTES_SUFFIX))}
 
     def predict_v1_body(self, body):
         """The raw V1 request body in, the reply's JSON bytes out: what the RequestGuard runs on its pool."""
@@ -162,35 +179,48 @@ class SavedModelServable(kserve.Model):
         # numpy turns true/false into 1/0 silently; only a body that holds them needs the full scan
         return encode_json(self.predict_v1(payload, scan=b"true" in body or b"false" in body))
 
-    async def predict(self, payload, headers=None):
-        """What KServe's data plane calls: a V2 `InferRequest` (the RequestGuard answers V1 bodies)."""
-        if isinstance(payload, dict):
-            work = lambda: self.predict_v1(payload)  # noqa: E731
-        else:
-            work = lambda: self._predict_v2(payload)  # noqa: E731
-        if self.pool is None:
-            return work()
-        return await self.pool.run(work)
-
-    def _predict_v2(self, request):
+    def predict_v2_body(self, body):
+        """A V2 (Open Inference Protocol) infer body in, the reply's JSON bytes out: one input, by
+        name, shape, datatype and data, checked value by value as V1 checks them."""
+        payload = decode_json(body)
+        if not isinstance(payload, dict) or not isinstance(payload.get("inputs"), list):
+            raise InvalidInput("Expected \"inputs\" to be a list of input tensors")
         input_name, spec = self.inputs["serving_default"]
-        if [item.name for item in request.inputs] != [input_name]:
-            raise InvalidInput(f"expected one input named '{input_name}', got "
-                               f"{[item.name for item in request.inputs]}")
-        try:
-            value = request.inputs[0].as_numpy()
-        except Exception as error:  # shape and data disagree, unknown datatype ...
-            raise InvalidInput(f"input '{input_name}': {error}") from None
-        if value.dtype != spec.dtype.as_numpy_dtype:
-            raise InvalidInput(f"input '{input_name}': datatype {request.inputs[0].datatype} is not the "
-                               f"signature's {V2_TYPES.get(spec.dtype, spec.dtype.name)}")
-        (output_name, output), = self.signatures["serving_default"](
-            **{input_name: self._tensor(value, spec, f"input '{input_name}'", scan=False)}).items()
-        outputs = [kserve.InferOutput(name=output_name, shape=list(output.shape),
-                                      datatype=V2_TYPES.get(output.dtype, "FP32"),
-                                      data=output.numpy().ravel().tolist())]
-        return kserve.InferResponse(response_id=request.id or generate_uuid(), model_name=self.name,
-                                    infer_outputs=outputs, model_version=str(self.version))
+        items = payload["inputs"]
+        names = [item.get("name") if isinstance(item, dict) else None for item in items]
+        if names != [input_name]:
+            raise InvalidInput(f"expected one input named '{input_name}', got {debug_string(names)}")
+        (item,) = items
+        where = f"input '{input_name}'"
+        if "parameters" in item or "parameters" in payload:
+            raise InvalidInput(f"{where}: parameters (such as binary_data_size) are not supported; "
+                               "send the values in \"data\"")
+        datatype, shape, data = item.get("datatype"), item.get("shape"), item.get("data")
+        expected = V2_TYPES.get(spec.dtype, spec.dtype.name)
+        if datatype != expected:
+            raise InvalidInput(f"{where}: datatype {debug_string(datatype)} is not the signature's {expected}")
+        if not (isinstance(shape, list) and all(type(d) is int and d >= 0 for d in shape) and len(shape) <= 64):
+            raise InvalidInput(f"{where}: shape must be a list of non-negative integers, got {debug_string(shape)}")
+        if not isinstance(data, list):
+            raise InvalidInput(f"{where}: data must be a list, got {debug_string(data)}")
+        flat = list(leaves(data))
+        if len(flat) != int(np.prod(shape, dtype=np.int64)):
+            raise InvalidInput(f"{where}: shape {shape} needs {int(np.prod(shape, dtype=np.int64))} values, "
+                               f"data has {len(flat)}")
+        # null, true, "1.5" are refused as V1 refuses them (numpy alone would read true as 1)
+        value = self._tensor(flat, spec, where, scan=b"true" in body or b"false" in body, shape=shape)
+        (output_name, output), = self.signatures["serving_default"](**{input_name: value}).items()
+        result = output.numpy()
+        reply = {"model_name": self.name, "model_version": str(self.version),
+                 "id": payload["id"] if isinstance(payload.get("id"), str) else generate_uuid(),
+                 "outputs": [{"name": output_name, "shape": list(result.shape),
+                              "datatype": V2_TYPES.get(output.dtype, output.dtype.name),
+                              "data": tf_serving_values(result.ravel())}]}
+        return encode_json(reply)
+
+    async def predict(self, payload, headers=None):
+        """KServe's data plane: not used, the RequestGuard answers V1 and V2 requests itself."""
+        raise InvalidInput("this engine answers predictions in its RequestGuard")
 
     @staticmethod
     def _types(specs):

@@ -20,13 +20,16 @@ import requests
 
 from helpers.model_server import ModelServer, port_is_open, server_command
 from test_connection_guard import closed_by_server
-from test_servable import X, expected, export_toy
+from test_servable import ATTACKS_V1, ATTACKS_V2, X, expected, export_toy
 
 ROOT = Path(__file__).resolve().parent.parent
 LIMIT = 1_000_000  # a small body limit, so the "very large request" case is cheap to send
 TIMEOUT_S = 1.5  # --rest_api_timeout_in_ms of the test server
+BUDGET = int(1.5 * LIMIT * 12)  # the memory budget: one maximum-size body at a time (12 bytes per body byte)
+LOG_MAX = 50_000
 FLAGS = ["--rest_api_num_threads=2", f"--rest_api_timeout_in_ms={int(TIMEOUT_S * 1000)}",
-         "--header_timeout_s=1", "--body_timeout_s=1", "--idle_timeout_s=2", "--max_connections=20"]
+         "--header_timeout_s=1", "--body_timeout_s=1", "--idle_timeout_s=2", "--max_connections=20",
+         "--write_timeout_s=1", f"--memory_budget_bytes={BUDGET}", f"--log_max_bytes={LOG_MAX}", "--log_requests"]
 PARENT = """
 import sys, time
 from helpers.model_server import ModelServer
@@ -99,7 +102,7 @@ BAD_REQUESTS = {  # request: (status, start of the error); each is sent on one k
     "malformed JSON": (b'{"instances": [[1, 2', 400, "JSON Parse error: Expecting ',' delimiter at offset: 20"),
     "empty body": (b"", 400, "JSON Parse error: The document is empty"),
     "wrong shape": (json.dumps({"instances": [[1.0, 2.0]]}), 400, "instances: shape [1, 2]"),
-    "top-level array": (b"[1, 2, 3]", 400, "JSON Value: the request body is not an object"),
+    "top-level array": (b"[1, 2, 3]", 400, "JSON Value: [1, 2, 3] Is not object"),
     "null": (b'{"instances": [[1.0, null, 3.0]]}', 400, "instances: JSON Value: null Type: Null"),
     "true": (b'{"instances": [[1.0, true, 3.0]]}', 400, "instances: JSON Value: true Type: True"),
     "int32 overflow": (b'{"signature_name": "double", "inputs": [2147483648]}', 400,
@@ -109,7 +112,7 @@ BAD_REQUESTS = {  # request: (status, start of the error); each is sent on one k
     "number to a string input": (b'{"signature_name": "length", "inputs": [3]}', 400,
                                  "inputs: JSON Value: 3 Type: Number is not of expected type: string"),
     "b64 to a float input": (b'{"inputs": [[{"b64": "AAAA"}, 1, 2]]}', 400,
-                             'inputs: JSON Value: {"b64": "AAAA"} Type: Object is not of expected type: float'),
+                             'inputs: JSON Value: {\n    "b64": "AAAA"\n} Type: Object is not of expected type: float'),
     "missing key": (b'{"instances": [{"x": [1, 2, 3]}, {}]}', 400,
                     "Failed to process element: 1 of 'instances' list. JSON object: {} keys must be equal to: x"),
 }
@@ -216,6 +219,7 @@ def test_health_answers_while_a_max_size_request_runs(server):
     assert LIMIT - 5 < len(body) <= LIMIT
     result = {}
     worker = threading.Thread(target=lambda: result.update(reply=predict(server, data=body)))
+    started = time.perf_counter()
     worker.start()
     time.sleep(0.2)
     latencies = []
@@ -227,6 +231,7 @@ def test_health_answers_while_a_max_size_request_runs(server):
     worker.join()
     assert result["reply"].status_code in (200, 504), result["reply"].text
     assert len(latencies) >= 5 and max(latencies) < busy_s / 2, latencies
+    time.sleep(max(0.0, busy_s + 0.3 - (time.perf_counter() - started)))  # a 504'd call still holds its thread
 
 
 def test_a_slow_request_times_out_and_the_pool_is_bounded(server):
@@ -385,7 +390,169 @@ def test_the_server_dies_with_its_parent(parent):
         child.kill()
         pytest.fail("the server outlived its parent")
     assert not port_is_open(port)
-    Path(log_path).unlink(missing_ok=True)
+    assert not Path(log_path).exists()  # issue 20, attack 15: the log goes with the orphaned server
+
+
+# Issue 20: what got through before, each against the running server.
+
+@pytest.mark.parametrize("case", [*ATTACKS_V1, *ATTACKS_V2])
+def test_attack_bodies_1_to_8_get_a_400_over_http(server, case):
+    body, message = ATTACKS_V1[case] if case in ATTACKS_V1 else ATTACKS_V2[case]
+    path = "/v1/models/toy:predict" if case in ATTACKS_V1 else "/v2/models/toy/infer"
+    reply = requests.post(server.url + path, data=body, timeout=30, headers={"content-type": "application/json"})
+    assert reply.status_code == 400 and reply.json()["error"].startswith(message), reply.text[:300]
+
+
+@pytest.mark.parametrize("path, status, message", [
+    ("/v1/models/toy/versions/" + "9" * 5000 + ":predict", 400, "Failed to convert version: 99999"),
+    ("/v1/models/toy/versions/\u0662:predict", 400, "Malformed request: POST /v1/models/toy/versions/"),
+    ("/v1/models/toy:classify", 501, "this engine answers :predict only"),
+])
+def test_attack_4_versions_are_ascii_digits_that_fit_an_int64(server, path, status, message):
+    reply = requests.post(server.url + path, json={"instances": X}, timeout=30)
+    assert reply.status_code == status and reply.json()["error"].startswith(message), reply.text[:300]
+
+
+def test_attack_7_v2_binary_data_is_refused(server):
+    # KServe's binary extension: a JSON header of the declared length, then the raw float32 bytes
+    header = json.dumps({"inputs": [{"name": "x", "shape": [1, 3], "datatype": "FP32",
+                                     "parameters": {"binary_data_size": 12}}]}).encode()
+    reply = requests.post(f"{server.url}/v2/models/toy/infer", data=header + np.float32([1, 2, 3]).tobytes(),
+                          timeout=30, headers={"content-type": "application/octet-stream",
+                                               "inference-header-content-length": str(len(header))})
+    assert reply.status_code == 400 and "error" in reply.json(), reply.text[:300]
+
+
+def test_v2_server_metadata_does_not_name_kserve(server):
+    reply = requests.get(f"{server.url}/v2", timeout=30)
+    assert reply.status_code == 403 and "kserve" not in reply.text.lower()
+
+
+def big_reply_request(port, n=1_000_000):
+    """A predict whose reply is 8 * n bytes, sent on a socket whose owner never reads."""
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.connect(("127.0.0.1", port))
+    body = json.dumps({"signature_name": "big", "inputs": [n]}).encode()
+    sock.sendall(f"POST /v1/models/toy:predict HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
+                 f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
+    return sock
+
+
+def test_attack_9_clients_that_never_read_their_reply_cannot_lock_others_out(server):
+    socks = [big_reply_request(server.port) for _ in range(25)]  # over --max_connections=20
+    try:
+        time.sleep(1.0)  # their 8 MB replies are computed and stuck in the buffers
+        start = time.monotonic()
+        assert predict(server, json={"instances": X}).status_code == 200  # a new client gets in
+        assert time.monotonic() - start < 5
+        deadline = time.monotonic() + 10  # --write_timeout_s=1: the stuck ones are dropped
+        while len([c for c in psutil.Process(server.pid).connections("inet")
+                   if c.status == psutil.CONN_ESTABLISHED]) > 2:
+            assert time.monotonic() < deadline, "connections with unread replies were not dropped"
+            time.sleep(0.2)
+    finally:
+        for s in socks:
+            s.close()
+
+
+def test_attack_10_refusals_do_not_wait_for_a_body(server):
+    socks = []
+    for _ in range(25):  # over --max_connections=20, each refused request declaring a body it never sends
+        s = socket.create_connection(("127.0.0.1", server.port), timeout=5)
+        s.sendall(f"POST /metrics HTTP/1.1\r\nHost: 127.0.0.1:{server.port}\r\nContent-Length: 1000\r\n\r\nx".encode())
+        socks.append(s)
+    try:
+        assert predict(server, json={"instances": X}).status_code == 200  # well within --body_timeout_s
+        # each was answered 403 and closed at once (or dropped when over the cap), not held for its body
+        replies = []
+        for s in socks:
+            s.settimeout(0.5)
+            replies.append(read_until_closed_or_reset(s))  # socket.timeout if the server holds it open
+        assert replies[-1].startswith(b"HTTP/1.1 403") and b"connection: close" in replies[-1], replies[-1]
+    finally:
+        for s in socks:
+            s.close()
+
+
+def test_attack_11_slow_bodies_hold_no_pool_slot(server):
+    slow = []
+    for _ in range(2):  # --rest_api_num_threads=2
+        s = socket.create_connection(("127.0.0.1", server.port), timeout=5)
+        s.sendall(f"POST /v1/models/toy:predict HTTP/1.1\r\nHost: 127.0.0.1:{server.port}\r\n"
+                  f"Content-Length: 100\r\n\r\n{{\"inst".encode())
+        slow.append(s)
+    try:
+        time.sleep(0.2)
+        assert predict(server, json={"instances": X}).status_code == 200
+        for s in slow:  # answered while the slow ones still wait for their body (no 408 yet)
+            s.setblocking(False)
+            with pytest.raises(BlockingIOError):
+                s.recv(100)
+    finally:
+        for s in slow:
+            s.close()
+
+
+@pytest.mark.parametrize("headers", [b"X-a: b\r\n" * 8192, b"".join(b"X-%d: b\r\n" % i for i in range(150)) + b"\r\n"],
+                         ids=["64 KiB of headers, never finished", "150 headers"])
+def test_attack_12_headers_are_limited_in_size_and_count(server, headers):
+    rss = psutil.Process(server.pid).memory_info().rss
+    with socket.create_connection(("127.0.0.1", server.port), timeout=5) as s:
+        try:
+            s.sendall(f"GET /v1/models/toy HTTP/1.1\r\nHost: 127.0.0.1:{server.port}\r\n".encode())
+            for _ in range(100):  # 6.4 MB in all, unless the server stops it
+                s.sendall(headers)
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+        reply = read_until_closed_or_reset(s)
+    assert reply.startswith(b"HTTP/1.1 431"), reply[:200]
+    assert psutil.Process(server.pid).memory_info().rss - rss < 20e6
+    assert predict(server, json={"instances": X}).status_code == 200
+
+
+def read_until_closed_or_reset(sock):
+    chunks = []
+    try:
+        while chunk := sock.recv(65536):
+            chunks.append(chunk)
+    except ConnectionResetError:
+        pass
+    return b"".join(chunks)
+
+
+def test_attack_13_large_bodies_are_admitted_within_the_memory_budget(server):
+    # --memory_budget_bytes admits one maximum-size body at a time: while the first runs (past the
+    # 1.5 s deadline: 504), the second waits for memory, its body unread, and gets 503 at its deadline
+    # (without the budget both would be read, parsed and run on the two threads: 504 and 504)
+    busy_s = 2.5
+    head, tail = f'{{"signature_name": "busy", "inputs": [{busy_s}', "]}"
+    body = (head + ", 0.0" * ((LIMIT - len(head) - len(tail)) // 5) + tail).encode()
+    replies = []
+    threads = [threading.Thread(target=lambda: replies.append(predict(server, data=body))) for _ in range(2)]
+    start = time.monotonic()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(r.status_code for r in replies) == [503, 504], [r.text for r in replies]
+    assert "memory budget" in min(replies, key=lambda r: r.status_code).json()["error"]
+    time.sleep(max(0.0, busy_s + 0.5 - (time.monotonic() - start)))  # the 504'd call still holds its thread
+
+
+def test_attack_14_and_15_logs_hold_no_values_no_tracebacks_and_are_capped(server):
+    log = Path(server.log_path)
+    before = log.stat().st_size
+    secret = "SECRET-4711"
+    for body in (json.dumps({"inputs": [{"name": "x", "shape": [1, 3], "datatype": "FP32", "data": [secret, 1, 2]}]}),
+                 json.dumps({"inputs": [{"name": secret, "shape": [1], "datatype": "FP32", "data": [1]}]})):
+        assert requests.post(f"{server.url}/v2/models/toy/infer", data=body, timeout=30).status_code == 400
+    session = requests.Session()
+    for _ in range(600):  # a flood of bad requests, each logged as one access line at most
+        assert session.post(f"{server.url}/v1/models/toy:predict", data=b'{"instances": [[1, 2', timeout=30).status_code == 400
+    text = log.read_text(errors="replace")
+    assert secret not in text and "Traceback" not in text
+    assert log.stat().st_size - before < LOG_MAX + 1000 and "log size cap reached" in text
 
 
 def test_stop_ends_the_process_closes_the_port_and_removes_the_log(server):  # last: it stops the server

@@ -10,6 +10,16 @@ from helpers.request_guard import RequestGuard, _answer
 from helpers.request_pool import RequestPool
 
 
+class Echo:
+    """A servable that answers every prediction with {}."""
+    name, version = "toy", 1
+
+    def predict_v1_body(self, body):
+        return b"{}"
+
+    predict_v2_body = predict_v1_body
+
+
 def call_gate(headers, body=b"", path="/v2/models/toy/infer", max_bytes=10):
     """One request through the RequestGuard in front of an app that answers 200; (status, JSON body)."""
     sent, events = [], [{"type": "http.request", "body": body, "more_body": False}]
@@ -28,7 +38,7 @@ def call_gate(headers, body=b"", path="/v2/models/toy/infer", max_bytes=10):
     headers = {"host": "127.0.0.1:8501", **headers}
     scope = {"type": "http", "method": "POST" if body else "GET", "path": path,
              "headers": [(k.encode(), v.encode()) for k, v in headers.items()]}
-    asyncio.run(RequestGuard(app, None, 8501, max_bytes, RequestPool(1, 5))(scope, receive, send))
+    asyncio.run(RequestGuard(app, Echo(), 8501, max_bytes, RequestPool(1, 5))(scope, receive, send))
     return sent[0]["status"], json.loads(sent[1]["body"])
 
 

@@ -1,5 +1,6 @@
 """helpers.servable in this process: the V1 contract of the servable (TF Serving's json_tensor.cc
 rules and texts), warm-up, the replies' JSON; the parser and the request gate have their own test files."""
+import base64
 import json
 
 import numpy as np
@@ -38,6 +39,19 @@ class Toy(tf.Module):
     def reciprocal(self, x):
         return {"y": 1.0 / x}
 
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="text")])
+    def echo(self, text):
+        return {"text": text}
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="text")])
+    def echo_bytes(self, text):
+        return {"text_bytes": text}
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.int32, name="n")])
+    def big(self, n):
+        """One string of 8 * n[0] bytes: a large reply from a small request."""
+        return {"text": tf.strings.reduce_join(tf.fill([n[0]], "abcdefgh"), keepdims=True)}
+
     @tf.function(input_signature=[tf.TensorSpec([None], tf.float32, name="seconds")])
     def busy(self, seconds):
         """Keeps a core busy for seconds[0] s: a slow model, for the timeout and off-loop tests."""
@@ -53,7 +67,8 @@ def export_toy(root):
         toy = Toy(scale)
         tf.saved_model.save(toy, str(root / version), signatures={
             "serving_default": toy.dense, "double": toy.double, "length": toy.length,
-            "reciprocal": toy.reciprocal, "busy": toy.busy})
+            "reciprocal": toy.reciprocal, "busy": toy.busy, "echo": toy.echo, "echo_bytes": toy.echo_bytes,
+            "big": toy.big})
     return root
 
 
@@ -66,6 +81,11 @@ def model_dir(tmp_path_factory):
     return export_toy(tmp_path_factory.mktemp("models") / "toy")
 
 
+def answer(servable, body):
+    """The reply to `body` as a client reads it: the engine's JSON bytes, decoded."""
+    return json.loads(encode_json(servable.predict_v1(body)))
+
+
 @pytest.fixture(scope="module")
 def servable(model_dir):
     servable = SavedModelServable("toy", str(model_dir))
@@ -75,26 +95,30 @@ def servable(model_dir):
 
 def test_serves_the_newest_version_like_in_process(servable):
     assert servable.version == 2
-    answer = servable.predict_v1({"signature_name": "serving_default", "instances": X})
-    np.testing.assert_allclose(answer["predictions"], expected(X), rtol=1e-6)
+    reply = answer(servable, {"signature_name": "serving_default", "instances": X})
+    np.testing.assert_allclose(reply["predictions"], expected(X), rtol=1e-6)
 
 
 def test_columnar_inputs_answer_outputs(servable):
     for body in ({"inputs": {"x": X}}, {"inputs": X}):
-        np.testing.assert_allclose(servable.predict_v1(body)["outputs"], expected(X), rtol=1e-6)
+        np.testing.assert_allclose(answer(servable, body)["outputs"], expected(X), rtol=1e-6)
 
 
 def test_rows_by_input_name(servable):
-    answer = servable.predict_v1({"instances": [{"x": row} for row in X]})
-    np.testing.assert_allclose(answer["predictions"], expected(X), rtol=1e-6)
+    reply = answer(servable, {"instances": [{"x": row} for row in X]})
+    np.testing.assert_allclose(reply["predictions"], expected(X), rtol=1e-6)
 
 
-def test_floats_are_the_shortest_that_round_trip_like_tf_serving(servable):
+def test_floats_are_written_as_tf_servings_write_decimal_and_lose_nothing(servable):
     x = [[0.1, 0.2, 0.3]]
-    values = json.loads(encode_json(servable.predict_v1({"instances": x})))["predictions"][0]
+    text = encode_json(servable.predict_v1({"instances": x})).decode()
+    values = json.loads(text)["predictions"][0]
     assert all(v != 0 for v in values)  # a 0.0 output would pass with any printing
     assert any(len(repr(float(np.float32(v)))) > 12 for v in values)  # float64 printing would be long
-    assert all(len(repr(v)) <= 12 for v in values), values  # ... TF Serving's is not
+    written = text.split("[[")[1].split("]]")[0].split(",")
+    # json_tensor.cc WriteDecimal: "%g" (6 digits) if that reads back as the same float32, else "%.9g"
+    assert written == [("%g" % v) if np.float32("%g" % v) == np.float32(v) else "%.9g" % v
+                       for v in expected(x)[0]], written
     assert np.array_equal(np.float32(values), expected(x)[0])  # and loses nothing
 
 
@@ -106,15 +130,19 @@ def test_infinite_outputs_are_written_as_tf_serving_writes_them(servable):
 
 BAD_BODIES = {  # body: the start of the error, in TF Serving's words where it has them
     "missing instances/inputs": ({"signature_name": "serving_default"}, "Missing 'inputs' or 'instances' key"),
-    "both instances and inputs": ({"instances": X, "inputs": X}, "Not formatted correctly expecting only one"),
+    "both instances and inputs": ({"instances": X[:1], "inputs": X[:1]},
+                                  'JSON Value: {\n    "instances": [[1.0, 2.0, 3.0]],\n    "inputs": [[1.0, 2.0, 3.0]]\n} '
+                                  "Not formatted correctly expecting only one of 'inputs' or 'instances' keys to exist "),
     "wrong shape": ({"instances": [[1.0, 2.0]]}, "instances: shape [1, 2] does not match the signature's [-1, 3]"),
     "ragged rows": ({"instances": [[1.0, 2.0, 3.0], [1.0]]}, "instances: cannot convert to float32"),
     "unknown signature": ({"signature_name": "nope", "instances": X}, 'Serving signature name: "nope" not found'),
-    "signature name not a string": ({"signature_name": 3, "instances": X}, "'signature_name' key must be a string"),
-    "empty batch": ({"instances": []}, "'instances' must be a non-empty list"),
-    "instances not a list": ({"instances": 5}, "'instances' must be a non-empty list"),
+    "signature name not a string": ({"signature_name": 3, "instances": X},
+                                    "JSON Value: {\n    \"signature_name\": 3,\n    \"instances\": [[1.0, 2.0, 3.0], "
+                                    "[-1.0, 0.5, 4.0]]\n} not formatted correctly. 'signature_name' key must be a string"),
+    "empty batch": ({"instances": []}, 'JSON Value: {\n    "instances": []\n} No values in \'instances\' array'),
+    "instances not a list": ({"instances": 5}, "JSON Value: {\n    \"instances\": 5\n} Expecting 'instances' to be an list/array"),
     "empty columnar input": ({"inputs": []}, "inputs: empty input"),
-    "top-level array": ([1, 2, 3], "JSON Value: the request body is not an object"),
+    "top-level array": ([1, 2, 3], "JSON Value: [1, 2, 3] Is not object"),
     # json_tensor.cc FillTensorMapFromInputsMap / FillTensorMapFromInstancesList
     "wrong input name": ({"inputs": {"image": X}}, "Missing named input: x in 'inputs' object."),
     "missing key in a row": ({"instances": [{"x": X[0]}, {}]},
@@ -130,7 +158,7 @@ BAD_BODIES = {  # body: the start of the error, in TF Serving's words where it h
     "true for a float": ({"instances": [[1.0, True, 3.0]]},
                          "instances: JSON Value: true Type: True is not of expected type: float"),
     "b64 for a float": ({"instances": [[{"b64": "AAAA"}, 1.0, 2.0]]},
-                        'instances: JSON Value: {"b64": "AAAA"} Type: Object is not of expected type: float'),
+                        'instances: JSON Value: {\n    "b64": "AAAA"\n} Type: Object is not of expected type: float'),
     "1.7 for an int32": ({"signature_name": "double", "inputs": [1, 1.7]},
                          "inputs: JSON Value: 1.7 Type: Number is not of expected type: int32"),
     "int32 overflow": ({"signature_name": "double", "inputs": [1, 2 ** 31]},
@@ -161,9 +189,9 @@ def test_a_body_without_true_or_false_skips_the_scan_and_still_refuses(servable)
 
 
 def test_accepted_values(servable):
-    assert servable.predict_v1({"signature_name": "double", "inputs": [1, -2 ** 31 // 2]})["outputs"] == [2, -2 ** 31]
-    assert servable.predict_v1({"signature_name": "length", "inputs": ["abc", {"b64": "AAEC"}]})["outputs"] == [3, 3]
-    np.testing.assert_allclose(servable.predict_v1({"instances": [[1, 2, 3]]})["predictions"], expected([[1, 2, 3]]))
+    assert answer(servable, {"signature_name": "double", "inputs": [1, -2 ** 31 // 2]})["outputs"] == [2, -2 ** 31]
+    assert answer(servable, {"signature_name": "length", "inputs": ["abc", {"b64": "AAEC"}]})["outputs"] == [3, 3]
+    np.testing.assert_allclose(answer(servable, {"instances": [[1, 2, 3]]})["predictions"], expected([[1, 2, 3]]))
 
 
 def test_signatures_with_several_inputs_are_refused_at_load(tmp_path):
@@ -198,3 +226,96 @@ def test_latest_version_is_the_highest_integer(tmp_path):
     assert latest_version(tmp_path, "m") == (10, tmp_path / "10")
     with pytest.raises(FileNotFoundError, match="No versions of servable m found under base path"):
         latest_version(tmp_path / "notes", "m")
+
+
+# Issue 20, attacks 1-8: client input that reached a 500 (or a 200 that V1 refuses) before; each is
+# now a 400 with {"error": ...}. Through predict_v1_body/predict_v2_body: the bytes the server gets.
+DEEP = b'{"instances":' + b"[" * 1100 + b"1" + b"]" * 1100 + b"}"
+ATTACKS_V1 = {  # body: the start of the error
+    "1 nested 1100 deep": (DEEP, "JSON Parse error: nested deeper than 1024 levels"),
+    "1 nested 990 deep (within the parser's limit)":
+        (b'{"instances":' + b"[" * 990 + b"1" + b"]" * 990 + b"}", "Encountered list at unexpected level: 64"),
+    "1 nested 990 deep with NaN (the fallback parser)":
+        (b'{"instances":' + b"[" * 990 + b"NaN" + b"]" * 990 + b"}", "JSON Parse error: nested too deeply"),
+    "2 string input nested 990 deep":
+        (b'{"signature_name": "length", "inputs":' + b"[" * 990 + b'"a"' + b"]" * 990 + b"}",
+         "Encountered list at unexpected level: 64"),
+    "3 a 400-digit integer": (b'{"inputs": [[' + b"9" * 400 + b', 1, 2]]}',
+                              "JSON Parse error: Number too big to be stored in double"),
+    "4 a 5000-digit integer": (b'{"inputs": [[' + b"9" * 5000 + b', 1, 2]]}',
+                               "JSON Parse error: Number too big to be stored in double"),
+    "4 a 5000-digit integer beside NaN": (b'{"inputs": [[NaN, ' + b"9" * 5000 + b', 2]]}',
+                                          "JSON Parse error: Number too big to be stored in double"),
+    "5 a lone surrogate": (b'{"signature_name": "length", "inputs": ["\\ud800"]}',
+                           "JSON Parse error: The surrogate pair in string is invalid."),
+    "5 a lone surrogate after NaN": (b'{"x": NaN, "signature_name": "length", "inputs": ["\\ud800"]}',
+                                      "inputs: The surrogate pair in string is invalid."),
+    "6 b64 of a non-ASCII text": ('{"signature_name": "length", "inputs": [{"b64": "\u00e9"}]}'.encode(),
+                                  "inputs: Unable to base64 decode"),
+    "b64 with extra padding": (b'{"signature_name": "length", "inputs": [{"b64": "AAEC===="}]}',
+                               "inputs: Unable to base64 decode"),
+    "1e999999 (Infinity before)": (b'{"inputs": [[1e999999, 1, 2]]}',
+                                   "JSON Parse error: Number too big to be stored in double"),
+    "a value longer than 256 bytes is quoted cut": (b'{"instances": [[' + b'"a", ' * 300 + b'"b"]]}',
+                                                    'instances: JSON Value: "a" Type: String'),
+}
+
+
+@pytest.mark.parametrize("case", ATTACKS_V1, ids=list(ATTACKS_V1))
+def test_attack_bodies_are_a_400_not_a_500(servable, case):
+    from helpers.request_guard import _answer
+    body, message = ATTACKS_V1[case]
+    status, reply = _answer(servable.predict_v1_body, body)
+    assert status == 400 and json.loads(reply)["error"].startswith(message), reply[:300]
+
+
+def test_error_texts_quote_at_most_256_bytes_of_the_request(servable):
+    from helpers.request_guard import _answer
+    body = json.dumps({"instances": [[0.5] * 3] * 2000, "inputs": [1.0]}).encode()
+    status, reply = _answer(servable.predict_v1_body, body)
+    error = json.loads(reply)["error"]
+    assert status == 400 and error.startswith('JSON Value: {\n    "instances": [[0.5, 0.5, 0.5], ')
+    assert len(error.encode()) < 256 + 120, len(error)  # TF Serving's kMaxJsonDebugStringBytes, then the message
+
+
+def v2(datatype, data, shape=None, name="x", **extra):
+    return json.dumps({"inputs": [{"name": name, "shape": shape or [1, 3], "datatype": datatype,
+                                   "data": data, **extra}]}).encode()
+
+
+ATTACKS_V2 = {
+    "7 binary_data_size": (v2("FP32", [], parameters={"binary_data_size": 12}), "input 'x': parameters"),
+    "8 null into FP32": (v2("FP32", [None, 1, 2]), "input 'x': JSON Value: null Type: Null is not of expected type"),
+    "8 true into FP32": (v2("FP32", [True, 1, 2]), "input 'x': JSON Value: true Type: True is not of expected"),
+    "8 a string into FP32": (v2("FP32", ["1.5", 1, 2]), 'input \'x\': JSON Value: "1.5" Type: String'),
+    "wrong datatype": (v2("INT32", [1, 2, 3]), "input 'x': datatype \"INT32\" is not the signature's FP32"),
+    "shape and data disagree": (v2("FP32", [1, 2]), "input 'x': shape [1, 3] needs 3 values, data has 2"),
+    "wrong name": (v2("FP32", [1, 2, 3], name="y"), "expected one input named 'x'"),
+    "deep data": (v2("FP32", json.loads("[" * 100 + "1" + "]" * 100)), "Encountered list at unexpected level"),
+}
+
+
+@pytest.mark.parametrize("case", ATTACKS_V2, ids=list(ATTACKS_V2))
+def test_v2_refuses_what_v1_refuses(servable, case):
+    from helpers.request_guard import _answer
+    body, message = ATTACKS_V2[case]
+    status, reply = _answer(servable.predict_v2_body, body)
+    assert status == 400 and json.loads(reply)["error"].startswith(message), reply[:300]
+
+
+def test_v2_answers_in_the_protocols_shape_and_writes_nan_as_v1_does(servable):
+    reply = json.loads(servable.predict_v2_body(v2("FP32", sum(X, []), shape=[2, 3])))
+    (output,) = reply["outputs"]
+    assert (output["name"], output["shape"], output["datatype"], reply["model_version"]) == ("output_0", [2, 2], "FP32", "2")
+    np.testing.assert_allclose(np.reshape(output["data"], (2, 2)), expected(X), rtol=1e-6)
+    assert b"\"data\":[NaN,NaN]" in servable.predict_v2_body(v2("FP32", [1.0, float("nan"), 2.0]))  # not null
+
+
+def test_string_outputs_are_b64_only_for_names_ending_in_bytes(servable):
+    # json_tensor.cc: an output whose name ends in "_bytes" is written as {"b64": ...}; any other
+    # string output as text (TF Serving copies bytes that are not UTF-8 as they are; the engine
+    # writes U+FFFD for them, so that its reply stays valid JSON)
+    body = {"inputs": ["caf\u00e9", {"b64": base64.b64encode(b"\xff\x00ok").decode()}]}
+    assert answer(servable, {"signature_name": "echo", **body})["outputs"] == ["caf\u00e9", "\ufffd\x00ok"]
+    assert answer(servable, {"signature_name": "echo_bytes", **body})["outputs"] == [
+        {"b64": base64.b64encode("caf\u00e9".encode()).decode()}, {"b64": base64.b64encode(b"\xff\x00ok").decode()}]
