@@ -161,6 +161,46 @@ def pip_conflict(output):
     return "\n".join(dict.fromkeys(keep)) or output.strip()[-2000:]
 
 
+# Installed without the requirements named here when pip cannot install them otherwise (Colab: Python
+# 3.13, so kserve 0.21 only, which asks protobuf>=6.33.5 and psutil>=5.9.6 while Colab's TensorFlow
+# packages hold protobuf below 6 and the kernel has psutil 5.9.5 imported; grpcio-tools, for code
+# generation, asks protobuf 6 too). Its other requirements are installed under the same constraints.
+# Chapters 7 and 13 run KServe's REST server on Colab's protobuf 5.29 in the Colab lane.
+WITHOUT_DEPENDENCIES = {"kserve": ("protobuf", "psutil", "grpcio-tools")}
+
+
+def pip_install(requirements, constraint_lines, run, no_deps=False):
+    """Run pip install under the constraints; return (return code, everything pip printed)."""
+    with tempfile.TemporaryDirectory() as folder:
+        constraint_file = Path(folder) / "constraints.txt"
+        constraint_file.write_text("\n".join(constraint_lines) + "\n")
+        # not --quiet: pip explains a conflict ("The conflict is caused by: ...") only at its normal level
+        result = run([sys.executable, "-m", "pip", "install", "--progress-bar", "off", "--disable-pip-version-check",
+                      "--no-input", *(["--no-deps"] if no_deps else []), "--constraint", str(constraint_file),
+                      *requirements], capture_output=True, text=True)
+    return result.returncode, (result.stdout or "") + (result.stderr or "")
+
+
+def without_dependencies(wanted, constraint_lines, run):
+    """Install the WITHOUT_DEPENDENCIES packages of `wanted` alone, then everything else they and
+    `wanted` need but the skipped requirements; return (return code, pip's output, what was skipped)."""
+    alone = [line for line in wanted if normalized(Requirement(line).name) in WITHOUT_DEPENDENCIES]
+    code, output = pip_install(alone, constraint_lines, run, no_deps=True)
+    if code:
+        return code, output, []
+    rest, skipped = [line for line in wanted if line not in alone], []
+    for line in alone:
+        name = normalized(Requirement(line).name)
+        for requirement in requirements_of(importlib.metadata.distribution(name)):
+            if normalized(requirement.name) in WITHOUT_DEPENDENCIES[name]:
+                skipped.append(f"{requirement.name}{requirement.specifier}")
+            else:
+                rest.append(f"{requirement.name}{requirement.extras and '[' + ','.join(sorted(requirement.extras)) + ']' or ''}"
+                            f"{requirement.specifier}")
+    code, more = pip_install(rest, constraint_lines, run)
+    return code, output + more, skipped
+
+
 def install_tested_keras(*extras, run=subprocess.run):
     """pip-install the book's tested Keras and `extras` under TensorFlow's and the kernel's pins; print one line.
 
@@ -175,19 +215,24 @@ def install_tested_keras(*extras, run=subprocess.run):
                                "would not take effect: restart the runtime and run this cell first")
     before = installed_versions()
     start = time.perf_counter()
-    with tempfile.TemporaryDirectory() as folder:
-        constraint_file = Path(folder) / "constraints.txt"
-        constraint_file.write_text("\n".join(constraints()) + "\n")
-        result = run([sys.executable, "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
-                      "--no-input", "--constraint", str(constraint_file), *wanted],
-                     capture_output=True, text=True)
+    constraint_lines = constraints()
+    code, output = pip_install(wanted, constraint_lines, run)
+    skipped = []
+    if code and any(normalized(Requirement(line).name) in WITHOUT_DEPENDENCIES for line in wanted):
+        code, retry, skipped = without_dependencies(wanted, constraint_lines, run)
+        output = f"{output}\n{retry}" if code else retry
     seconds = time.perf_counter() - start
-    output = (result.stdout or "") + (result.stderr or "")
-    if result.returncode:
+    if code:
         raise RuntimeError(f"pip could not install {' '.join(wanted)} without moving what the installed "
                            f"TensorFlow or the running kernel needs:\n{pip_conflict(output)}")
     after = installed_versions()
-    print(f"Installed in {seconds:.0f} s: {what_changed(before, after)}")
-    if "dependency conflicts" in output:  # pip installed, but left another package's requirement unmet
-        print(f"pip reports:\n{pip_conflict(output)}", file=sys.stderr)
+    note = f"; without its requirements {', '.join(skipped)} (this runtime keeps its own)" if skipped else ""
+    print(f"Installed in {seconds:.0f} s: {what_changed(before, after)}{note}")
+    unexpected = [line for line in output.splitlines() if "but you have" in line or "which is not installed" in line]
+    unexpected = [line for line in unexpected  # not the requirements skipped on purpose
+                  if not any(re.match(rf"{re.escape(name)} \S+ requires ({'|'.join(map(re.escape, names))})\b",
+                                      normalized(line.split(",")[0]))
+                             for name, names in WITHOUT_DEPENDENCIES.items())]
+    if unexpected:  # pip installed, but left another package's requirement unmet
+        print("pip reports:\n" + "\n".join(unexpected), file=sys.stderr)
     return before, after

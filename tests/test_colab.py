@@ -145,7 +145,7 @@ def test_installer_hands_pip_the_constraints_and_names_the_conflict(book):
     with pytest.raises(RuntimeError) as error:
         colab.install_tested_keras(run=pip)
     assert seen["command"][:4] == [sys.executable, "-m", "pip", "install"]
-    assert seen["command"][-1] == "keras==3.15.1" and "--quiet" in seen["command"]
+    assert seen["command"][-1] == "keras==3.15.1" and "--progress-bar" in seen["command"]
     assert "faketf==2.19.0\n" in seen["constraints"] and "protobuf!=4.21.0,<6.0.0dev" in seen["constraints"]
     message = str(error.value)
     assert message.startswith("pip could not install keras==3.15.1 without moving")
@@ -172,3 +172,51 @@ def test_installer_refuses_when_keras_is_already_imported(book, monkeypatch):
     monkeypatch.setattr(colab.importlib.metadata, "version", lambda name: "3.13.2")
     with pytest.raises(RuntimeError, match="Keras 3.13.2 is already imported.*restart the runtime"):
         colab.install_tested_keras(run=lambda *a, **k: pytest.fail("pip must not run"))
+
+
+def test_kserve_falls_back_to_no_dependencies_and_says_what_it_skipped(site, monkeypatch, capsys):
+    """Colab: kserve 0.21 asks protobuf>=6.33.5 and psutil>=5.9.6, which Colab's runtime holds lower."""
+    fake_distribution(site, "fakebook", "0.1.0", extras=["tested-keras", "production"], requires=[
+        'keras==3.15.1; extra == "tested-keras"', 'fakeserve; extra == "production"'])
+    fake_distribution(site, "faketf", "2.20.0", ["protobuf>=5.28.0"])
+    monkeypatch.setattr(colab, "DISTRIBUTION", "fakebook")
+    monkeypatch.setattr(colab.importlib.metadata, "packages_distributions", lambda: {"tensorflow": ["faketf"]})
+    monkeypatch.delitem(sys.modules, "keras", raising=False)
+    # the same rule under another name: this environment has a real kserve
+    monkeypatch.setattr(colab, "WITHOUT_DEPENDENCIES", {"fakeserve": colab.WITHOUT_DEPENDENCIES["kserve"]})
+    calls = []
+
+    def pip(command, **kwargs):
+        requested = command[command.index("--constraint") + 2:]
+        calls.append((("--no-deps" in command), requested))
+        if len(calls) == 1:
+            return subprocess.CompletedProcess(command, 1, "", PIP_RESOLUTION_IMPOSSIBLE)
+        if len(calls) == 2:  # kserve alone, as pip would install it
+            fake_distribution(site, "fakeserve", "0.21.0", ["protobuf<7.0.0,>=6.33.5", "psutil<6.0.0,>=5.9.6",
+                                                         "fastapi<1.0.0,>=0.115.3", "uvicorn[standard]>=0.30.6"])
+            return subprocess.CompletedProcess(command, 0, "", "")
+        return subprocess.CompletedProcess(command, 0, "", (
+            "ERROR: pip's dependency resolver does not currently take into account all the packages that are "
+            "installed. This behaviour is the source of the following dependency conflicts.\n"
+            "fakeserve 0.21.0 requires protobuf<7.0.0,>=6.33.5, but you have protobuf 5.29.6 which is incompatible.\n"
+            "fakeserve 0.21.0 requires psutil<6.0.0,>=5.9.6, but you have psutil 5.9.5 which is incompatible.\n"))
+
+    colab.install_tested_keras("production", run=pip)
+    assert calls == [(False, ["keras==3.15.1", "fakeserve"]), (True, ["fakeserve"]),
+                     (False, ["keras==3.15.1", "fastapi<1.0.0,>=0.115.3", "uvicorn[standard]>=0.30.6"])]
+    out, err = capsys.readouterr()
+    assert out.rstrip().endswith("added fakeserve 0.21.0; without its requirements protobuf<7.0.0,>=6.33.5, "
+                                 "psutil<6.0.0,>=5.9.6 (this runtime keeps its own)")
+    assert err == ""  # pip's complaint about exactly those two requirements is expected, not shown
+
+
+def test_a_conflict_without_a_no_dependencies_package_is_not_retried(book):
+    calls = []
+
+    def pip(command, **kwargs):
+        calls.append(command)
+        return subprocess.CompletedProcess(command, 1, "", PIP_RESOLUTION_IMPOSSIBLE)
+
+    with pytest.raises(RuntimeError, match="onnx 1.23.2 depends on protobuf>=6.0"):
+        colab.install_tested_keras(run=pip)
+    assert len(calls) == 1
