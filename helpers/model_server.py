@@ -36,13 +36,26 @@ def port_is_open(port, host="127.0.0.1"):
         return s.connect_ex((host, port)) == 0
 
 
+def inet_connections(process):
+    """A psutil.Process's TCP/UDP connections: `net_connections` (psutil 6+; `connections` is
+    deprecated there), or `connections` on older psutil (Colab's 5.9)."""
+    return getattr(process, "net_connections", process.connections)("inet")
+
+
+def listening_addresses(pid):
+    """The (address, port) pairs process `pid` listens on, read from the operating system."""
+    import psutil
+    return sorted({(c.laddr.ip, c.laddr.port) for c in inet_connections(psutil.Process(pid))
+                   if c.status == psutil.CONN_LISTEN})
+
+
 def listens_on(pid, port):
     """True if process `pid` (or one of its children) is the one listening on TCP `port`."""
     import psutil
     try:
         process = psutil.Process(pid)
         for p in [process, *process.children(recursive=True)]:
-            if any(c.status == psutil.CONN_LISTEN and c.laddr.port == port for c in p.connections("inet")):
+            if any(c.status == psutil.CONN_LISTEN and c.laddr.port == port for c in inet_connections(p)):
                 return True
     except (psutil.NoSuchProcess, psutil.AccessDenied):
         pass

@@ -25,13 +25,16 @@ from helpers.tf_serving_json import encode_json
 # during it waited at most 0.19 s; a 64 MiB body (the old limit, 20 images) peaked at 1.23 GB and
 # held a health check up to 1.3 s (one C call, orjson.loads or np.asarray, holds the GIL that long).
 DEFAULT_MAX_REQUEST_BYTES = 16 * 1024 * 1024
-# What one byte of a JSON float body costs the server while it is parsed and converted (the peak
-# RSS rise over the body's size): measured by scripts/benchmark_serving.py --robustness, "bytes per
-# body byte", 8 concurrent 16 MiB bodies of random float32 values written by json.dumps (numbers of
-# 8-10 characters; shorter numbers cost more per byte, so this is rounded up).
+# What one byte of a JSON float body costs the server while it is parsed and converted: the peak RSS
+# rise during one 16 MiB body of 5 MobileNet images (random floats written by json.dumps, about 20
+# characters a number) was 0.135 GB, 8.4 bytes per body byte (scripts/benchmark_serving.py
+# --robustness, "rss_bytes_per_body_byte"). Shorter numbers cost more per byte (each is a 24-byte
+# Python float and an 8-byte list slot however short its text), so the figure is rounded up to 12.
 BYTES_PER_BODY_BYTE = 12
 # Requests are admitted while the sum of their declared sizes times BYTES_PER_BODY_BYTE stays within
-# this: 3 maximum-size bodies at once (3 x 16 MiB x 12 = 576 MiB); more wait for memory, not for RAM.
+# this: 3 maximum-size bodies at once (3 x 16 MiB x 12 = 576 MiB); more wait for memory. Measured: 8
+# such bodies at once raised the RSS by 0.31 GB (0.80 -> 1.11 GB), all answered 200 in 4.0 s, and a
+# health check meanwhile waited 134 ms at the median, 0.72 s at most (before: +2.2-3.5 GB, 504s).
 MEMORY_BUDGET_BYTES = 3 * DEFAULT_MAX_REQUEST_BYTES * BYTES_PER_BODY_BYTE
 BODY_TIMEOUT_S = 10.0  # a body must arrive within this after its headers (16 MiB at 13 Mbit/s)
 IDLE_TIMEOUT_S = 5.0  # a kept-alive connection with no new request is closed after this

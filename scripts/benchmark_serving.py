@@ -3,7 +3,7 @@
 
     .venv/bin/python scripts/benchmark_serving.py            # 3 rounds, about two minutes
     .venv/bin/python scripts/benchmark_serving.py --rounds 1 --requests 20
-    .venv/bin/python scripts/benchmark_serving.py --robustness   # the figures under attack, about a minute
+    .venv/bin/python scripts/benchmark_serving.py --robustness   # the figures under attack, a few minutes
 
 Each round starts a fresh server (its start-up time is measured), sends single-image requests one
 at a time, then from 4 concurrent clients, and stops it. Reported: medians over rounds of each
@@ -30,7 +30,7 @@ import tensorflow as tf
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 from helpers.imagenet import standin  # noqa: E402
-from helpers.model_server import ModelServer  # noqa: E402
+from helpers.model_server import ModelServer, inet_connections  # noqa: E402
 
 
 class UnfrozenServer(ModelServer):
@@ -96,11 +96,32 @@ def serve_round(base, x, body_bytes, n, clients, server_class=ModelServer):
     return result
 
 
-def robustness(base, x, clients=200, idle_sockets=1100, limit=None):
-    """The server under the attacks of issue 12: a health check's latency and the server's peak RSS
-    during one request of the maximum body size, idle sockets held, and requests/s at `clients`."""
-    import socket
+def _peak_rss_during(process, fn):
+    """(fn's result, the process's peak RSS while fn ran, health-check latencies meanwhile)."""
     import threading
+    peak, done, out = [process.memory_info().rss], threading.Event(), {}
+
+    def watch():
+        while not done.is_set():
+            peak[0] = max(peak[0], process.memory_info().rss)
+            time.sleep(0.01)
+
+    def run():
+        out["result"] = fn()
+        done.set()
+
+    threads = [threading.Thread(target=watch), threading.Thread(target=run)]
+    for t in threads:
+        t.start()
+    return threads, peak, done, out
+
+
+def robustness(base, x, clients=200, idle_sockets=1100, limit=None, at_once=8, non_readers=257):
+    """The server under the attacks of issues 12 and 20: a health check's latency and the server's
+    peak RSS during one, then `at_once`, maximum-size bodies (and from it the RSS per body byte);
+    idle sockets held; `non_readers` clients that never read a 3.3 MiB reply; log bytes per 1,000
+    bad requests; and requests/s at `clients`."""
+    import socket
 
     import psutil
     from helpers.request_guard import DEFAULT_MAX_REQUEST_BYTES
@@ -114,35 +135,37 @@ def robustness(base, x, clients=200, idle_sockets=1100, limit=None):
     assert len(big) <= limit
     process = psutil.Process(server.pid)
     result = {"limit_bytes": limit, "max_body_bytes": len(big), "images": n_images}
-    try:
-        rss_before, peak, done = process.memory_info().rss, [0], threading.Event()
 
-        def watch():
-            while not done.is_set():
-                peak[0] = max(peak[0], process.memory_info().rss)
-                time.sleep(0.01)
+    def under_load(n):
+        """n maximum-size bodies at once: statuses, seconds, peak RSS rise, health latencies."""
+        rss_before = process.memory_info().rss
+        start = time.perf_counter()
 
-        def send_big():
-            start = time.perf_counter()
-            reply = requests.post(url, data=big, timeout=600)
-            result["max_body_status"], result["max_body_s"] = reply.status_code, time.perf_counter() - start
-            done.set()
+        def send_all():
+            with concurrent.futures.ThreadPoolExecutor(n) as pool:
+                return [f.result() for f in [pool.submit(lambda: requests.post(url, data=big, timeout=600).status_code)
+                                             for _ in range(n)]]
 
-        threads = [threading.Thread(target=watch), threading.Thread(target=send_big)]
-        for t in threads:
-            t.start()
+        threads, peak, done, out = _peak_rss_during(process, send_all)
         health = []
         time.sleep(0.3)
         while not done.is_set():
-            start = time.perf_counter()
+            t0 = time.perf_counter()
             requests.get(status_url, timeout=600)
-            health.append(time.perf_counter() - start)
+            health.append(time.perf_counter() - t0)
             time.sleep(0.05)
         for t in threads:
             t.join()
-        result["health_during_max_body_ms_max"] = 1000 * max(health or [0])
-        result["health_during_max_body_ms_p50"] = 1000 * float(np.median(health or [0]))
-        result["rss_before_gb"], result["rss_peak_gb"] = rss_before / 1e9, peak[0] / 1e9
+        return {"statuses": {str(c): out["result"].count(c) for c in set(out["result"])},
+                "seconds": time.perf_counter() - start, "rss_before_gb": rss_before / 1e9,
+                "rss_peak_gb": peak[0] / 1e9, "rss_rise_gb": (peak[0] - rss_before) / 1e9,
+                "health_ms_max": 1000 * max(health or [0]), "health_ms_p50": 1000 * float(np.median(health or [0]))}
+
+    try:
+        one = under_load(1)
+        result["one_max_body"] = one
+        result["rss_bytes_per_body_byte"] = one["rss_rise_gb"] * 1e9 / len(big)
+        result[f"{at_once}_max_bodies"] = under_load(at_once)
 
         # the usual soft limit on open files (this machine's may be higher), as a reader's server has
         process.rlimit(psutil.RLIMIT_NOFILE, (1024, 1024))
@@ -158,7 +181,7 @@ def robustness(base, x, clients=200, idle_sockets=1100, limit=None):
                 break
             socks.append(s)
         time.sleep(1)
-        held = [c for c in process.connections("inet") if c.status == psutil.CONN_ESTABLISHED]
+        held = [c for c in inet_connections(process) if c.status == psutil.CONN_ESTABLISHED]
         result["idle_sockets_opened"], result["idle_sockets_held_after_1s"] = len(socks), len(held)
         start = time.perf_counter()
         try:
@@ -171,6 +194,12 @@ def robustness(base, x, clients=200, idle_sockets=1100, limit=None):
         for s in socks:
             s.close()
         time.sleep(1)
+
+        log_before = os.path.getsize(server.log_path)
+        session = requests.Session()
+        for _ in range(1000):
+            session.post(url, data=b'{"instances": [[1, 2', timeout=30)
+        result["log_bytes_per_1000_bad_requests"] = os.path.getsize(server.log_path) - log_before
 
         body = json.dumps({"instances": x.tolist()}).encode()
         codes = []
@@ -190,7 +219,60 @@ def robustness(base, x, clients=200, idle_sockets=1100, limit=None):
         result[f"clients_{clients}_codes"] = {str(c): codes.count(c) for c in set(codes)}
     finally:
         server.stop()
+    result[f"non_readers_{non_readers}"] = non_readers_hold_no_sockets(non_readers)
     return result
+
+
+class _BigReply(tf.Module):
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.int32, name="n")])
+    def big(self, n):
+        return {"text": tf.strings.reduce_join(tf.fill([n[0]], "abcdefgh"), keepdims=True)}
+
+
+def non_readers_hold_no_sockets(n, reply_bytes=int(3.3 * 2 ** 20), probes=50):
+    """`n` clients each ask for a `reply_bytes` reply and never read it; then `probes` new clients
+    ask for the model's status, once at once and once after the write timeout: how many got a 200."""
+    import socket
+
+    module = _BigReply()
+    tf.saved_model.save(module, "bigreply/1", signatures={"serving_default": module.big})
+    server = ModelServer("bigreply", "bigreply", engine="kserve").start()
+    body = json.dumps({"instances": [reply_bytes // 8]}).encode()
+    request = (f"POST /v1/models/bigreply:predict HTTP/1.1\r\nHost: 127.0.0.1:{server.port}\r\n"
+               f"Content-Length: {len(body)}\r\n\r\n").encode() + body
+    socks = []
+    try:
+        for _ in range(n):
+            s = socket.socket()
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            s.settimeout(5)
+            try:
+                s.connect(("127.0.0.1", server.port))
+                s.sendall(request)
+            except OSError:
+                s.close()
+                continue
+            socks.append(s)
+        time.sleep(2)  # the replies are computed and stuck
+
+        def accepted():
+            ok = 0
+            for _ in range(probes):
+                try:
+                    ok += requests.get(f"{server.url}/v1/models/bigreply", timeout=2).status_code == 200
+                except requests.RequestException:
+                    pass
+            return ok
+
+        from helpers.connection_guard import WRITE_TIMEOUT_S
+        first = accepted()
+        time.sleep(WRITE_TIMEOUT_S + 1)
+        return {"clients_sending": len(socks), "reply_bytes": reply_bytes, "probes": probes,
+                "accepted_while_held": first, f"accepted_after_{WRITE_TIMEOUT_S + 1:g}_s_more": accepted()}
+    finally:
+        for s in socks:
+            s.close()
+        server.stop()
 
 
 def main():

@@ -18,7 +18,7 @@ import psutil
 import pytest
 import requests
 
-from helpers.model_server import ModelServer, port_is_open, server_command
+from helpers.model_server import ModelServer, inet_connections, port_is_open, server_command
 from test_connection_guard import closed_by_server
 from test_servable import ATTACKS_V1, ATTACKS_V2, X, expected, export_toy
 
@@ -197,7 +197,7 @@ def test_idle_and_slow_connections_are_closed_and_capped(server):
     finally:
         process.rlimit(psutil.RLIMIT_NOFILE, limit)
     assert "Too many open files" not in Path(server.log_path).read_text()[log_size:]
-    held = [c for c in psutil.Process(server.pid).connections("inet") if c.status == psutil.CONN_ESTABLISHED]
+    held = [c for c in inet_connections(psutil.Process(server.pid)) if c.status == psutil.CONN_ESTABLISHED]
     assert len(held) <= 20  # --max_connections=20: the oldest idle ones were closed
     assert predict(server, json={"instances": X}).status_code == 200  # a client still gets in
     time.sleep(1.5)  # --header_timeout_s=1
@@ -325,7 +325,7 @@ def test_a_web_page_of_another_origin_gets_no_prediction(server):
 
 
 def test_listens_on_loopback_only_and_on_one_port(server):
-    listening = [c.laddr for c in psutil.Process(server.pid).connections(kind="inet")
+    listening = [c.laddr for c in inet_connections(psutil.Process(server.pid))
                  if c.status == psutil.CONN_LISTEN]
     assert listening == [("127.0.0.1", server.port)]  # no 0.0.0.0, no gRPC port
 
@@ -381,7 +381,7 @@ def test_the_server_dies_with_its_parent(parent):
     pid, log_path = parent.stdout.readline().split()
     assert parent.stdout.readline().strip() == "ready"
     child = psutil.Process(int(pid))
-    port = next(c.laddr.port for c in child.connections("inet") if c.status == psutil.CONN_LISTEN)
+    port = next(c.laddr.port for c in inet_connections(child) if c.status == psutil.CONN_LISTEN)
     parent.send_signal(signal.SIGKILL)  # as a notebook kernel killed by the OS or "Restart"
     parent.wait()
     try:
@@ -447,7 +447,7 @@ def test_attack_9_clients_that_never_read_their_reply_cannot_lock_others_out(ser
         assert predict(server, json={"instances": X}).status_code == 200  # a new client gets in
         assert time.monotonic() - start < 5
         deadline = time.monotonic() + 10  # --write_timeout_s=1: the stuck ones are dropped
-        while len([c for c in psutil.Process(server.pid).connections("inet")
+        while len([c for c in inet_connections(psutil.Process(server.pid))
                    if c.status == psutil.CONN_ESTABLISHED]) > 2:
             assert time.monotonic() < deadline, "connections with unread replies were not dropped"
             time.sleep(0.2)
