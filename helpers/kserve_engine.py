@@ -128,6 +128,27 @@ def exit_with_parent(parent_pid=_PARENT_PID, interval_s=0.5, model_name=None):
     threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
 
 
+def poll_versions(model, interval_s, warmup=False):
+    """Every `interval_s`, serve a newer version folder once it is complete (TF Serving polls its
+    base path the same way, --file_system_poll_wait_seconds). A version that fails to load is
+    reported once, by its error's type, and tried again at the next poll."""
+    log, failed = logging.getLogger("kserve"), set()
+
+    def watch():
+        while True:
+            time.sleep(interval_s)
+            try:
+                if model.load_newer(warmup):
+                    log.info("now serving version %s of %s", model.version, model.name)
+            except Exception as error:  # a half-written or broken folder: try again next time
+                newest = sorted(os.listdir(model.base_path))[-1:]
+                if tuple(newest) not in failed:
+                    failed.add(tuple(newest))
+                    log.error("could not load a newer version of %s: %s", model.name, type(error).__name__)
+
+    threading.Thread(target=watch, name="version-poll", daemon=True).start()
+
+
 def remove_own_log(model_name):
     """Delete this process's standard output if it is the log `ModelServer` made for it: a file named
     `<model_name>-server-*.log` in the temporary folder (never a file the reader redirected to)."""
@@ -159,6 +180,9 @@ def main(argv=None):
                              f"{BYTES_PER_BODY_BYTE} stay within this (default: {MEMORY_BUDGET_BYTES:,})")
     parser.add_argument("--log_requests", action="store_true", help="log one line per request (method, path, status), as uvicorn does")
     parser.add_argument("--log_max_bytes", type=int, default=LOG_MAX_BYTES)
+    parser.add_argument("--file_system_poll_wait_seconds", type=float, default=1.0,
+                        help="look for a newer version folder this often, load it and stop serving the "
+                             "old one, as tensorflow_model_server does (0: load once, at start)")
     parser.add_argument("--warmup", action="store_true",
                         help="call every signature once at start-up: this RUNS the model before any request")
     parser.add_argument("--enable_model_warmup", action="store_true",
@@ -176,6 +200,8 @@ def main(argv=None):
     version_dir = os.path.join(args.model_base_path, str(model.version))
     if args.enable_model_warmup and warmup_path(version_dir).exists():
         replay(model.signatures, version_dir)
+    if args.file_system_poll_wait_seconds > 0:
+        poll_versions(model, args.file_system_poll_wait_seconds, args.warmup)
     serve(model, args.rest_api_port, max_request_bytes=args.max_request_bytes,
           threads=args.rest_api_num_threads, timeout_s=args.rest_api_timeout_in_ms / 1000,
           header_timeout_s=args.header_timeout_s, body_timeout_s=args.body_timeout_s,

@@ -68,6 +68,17 @@ def grpc_socket_path(model_name, port):
     return os.path.join(tempfile.gettempdir(), f"{model_name}-{port}.grpc.sock")
 
 
+def is_available(reply):
+    """True if a `GET /v1/models/<name>` reply lists a version in state AVAILABLE (TF Serving's
+    GetModelStatusResponse: {"model_version_status": [{"version": "2", "state": "AVAILABLE", ...}]})."""
+    if reply.status_code != 200:
+        return False
+    try:
+        return any(v.get("state") == "AVAILABLE" for v in reply.json()["model_version_status"])
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return False
+
+
 def server_command(engine, model_name, model_base_path, port, max_request_bytes=None, warmup=False,
                    grpc_socket=None):
     """The command line that starts `engine` with TF Serving's flags. For tensorflow_model_server,
@@ -139,7 +150,8 @@ class ModelServer:
 
     def wait_ready(self, timeout=120):
         """Wait until this server's own process listens on the port and `GET /v1/models/<name>`
-        answers 200 (another program answering on the port does not count)."""
+        reports a version AVAILABLE (another program answering on the port does not count; TF
+        Serving answers 200 already while a version is still LOADING)."""
         import requests
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -150,7 +162,7 @@ class ModelServer:
                                    f"{self.process.returncode}: {error}")
             if listens_on(self.process.pid, self.port):
                 try:
-                    if requests.get(f"{self.url}/v1/models/{self.model_name}", timeout=1).status_code == 200:
+                    if is_available(requests.get(f"{self.url}/v1/models/{self.model_name}", timeout=1)):
                         return self
                 except requests.ConnectionError:
                     pass

@@ -43,6 +43,7 @@ MANAGEMENT = re.compile(r"^/(metrics|docs|docs/oauth2-redirect|redoc|openapi\.js
 # TF Serving's URL patterns (http_rest_api_util.cc), with ASCII digits: RE2's \d is ASCII only,
 # Python's also matches other scripts' digits ("/versions/٢")
 V1_PREDICT = re.compile(r"(?i)^/v1/models/([^/:]+)(?:/versions/([0-9]+)|/labels/([^/:]+))?:(predict|classify|regress)$")
+V1_MODEL = re.compile(r"(?i)^/v1/models(?:/([^/:]+))?(?:/versions/([0-9]+)|/labels/([^/:]+))?(?:/(metadata))?$")
 V2_INFER = re.compile(r"^/v2/models/([^/]+)(?:/versions/([^/]+))?/infer$")
 INT64_MAX = 2 ** 63 - 1
 log = logging.getLogger("helpers.request_guard")
@@ -105,6 +106,9 @@ class RequestGuard:
                 return await self._predict(scope["path"], headers, receive, send)
             if scope["method"] in ("PUT", "PATCH", "DELETE"):
                 raise Refused(405, f"Method Not Allowed: {scope['method']}")
+            if scope["method"] == "GET" and scope["path"].lower().startswith("/v1/"):
+                return await _send_json(send, 200, encode_json(self._model_get(scope["path"])),
+                                        close=not receive.done)
         except Refused as refusal:
             return await _send_json(send, refusal.status, encode_json({"error": refusal.message}),
                                     close=refusal.close or not receive.done)
@@ -143,6 +147,29 @@ class RequestGuard:
         if path.lower().startswith("/v1/"):
             raise Refused(400, f"Malformed request: POST {path[:200]}")
         raise Refused(404, "Not Found")
+
+    def _model_get(self, path):
+        """TF Serving's answer to GET /v1/models/<name>[/versions/<v>|/labels/<l>][/metadata]: the
+        model's status or metadata (http_rest_api_handler.cc ProcessModelStatusRequest/...Metadata)."""
+        match = V1_MODEL.match(path)
+        if not match:
+            raise Refused(400, f"Malformed request: GET {path[:200]}")
+        name, version, label, metadata = match.groups()
+        if not name:
+            raise Refused(400, "Missing model name in request.")
+        if version is not None and (len(version) > 19 or int(version) > INT64_MAX):
+            raise Refused(400, f"Failed to convert version: {version[:40]} to numeric.")
+        if metadata:
+            self._check_servable(name, version, label)
+            return self.servable.metadata()
+        if name != self.servable.name:
+            raise Refused(404, f"Could not find any versions of model {name[:100]}")
+        if label is not None:
+            raise Refused(400, f"Unrecognized servable version label: {label[:100]}")
+        try:
+            return self.servable.status(None if version is None else int(version))
+        except KeyError:
+            raise Refused(404, f"Could not find version {int(version)} of model {name}") from None
 
     def _check_servable(self, name, version, label):
         if name != self.servable.name:

@@ -34,6 +34,23 @@ def latest_version(base_path, model_name):
     return versions[-1]
 
 
+def signature_def_json(path):
+    """The signature defs of the SavedModel at `path` as TF Serving prints them (json_format with
+    preserved field names and fields without presence, http_rest_api_util.cc ToJsonString)."""
+    from google.protobuf import json_format
+    from tensorflow.core.protobuf import saved_model_pb2
+    saved_model = saved_model_pb2.SavedModel()
+    saved_model.ParseFromString((Path(path) / "saved_model.pb").read_bytes())
+    (graph,) = saved_model.meta_graphs
+    options = {"preserving_proto_field_name": True}
+    try:
+        return {key: json_format.MessageToDict(value, always_print_fields_with_no_presence=True, **options)
+                for key, value in graph.signature_def.items()}
+    except TypeError:  # protobuf before 5.26 names the option otherwise
+        return {key: json_format.MessageToDict(value, including_default_value_fields=True, **options)
+                for key, value in graph.signature_def.items()}
+
+
 class SavedModelServable(kserve.Model):
     """Every signature of the newest SavedModel version under `base_path`, as a KServe model."""
 
@@ -41,29 +58,70 @@ class SavedModelServable(kserve.Model):
         super().__init__(name)
         self.base_path = base_path
         self.version, self.signatures, self.inputs = None, {}, {}
+        self.ended = []  # versions served before and unloaded, newest first (TF Serving's state END)
 
     def load(self, warmup=False):
         """Load the newest version. `warmup=True` also calls every signature once on zeros: that RUNS
         the model at start-up, before any request (off by default: a hostile SavedModel would act
         then; TF Serving warms up only from recorded requests in assets.extra/)."""
-        self.version, path = latest_version(self.base_path, self.name)
-        self._loaded = tf.saved_model.load(str(path))
-        self.signatures = dict(self._loaded.signatures)
-        for key, fn in self.signatures.items():
+        version, path = latest_version(self.base_path, self.name)
+        self._swap(version, path, warmup)
+        self.ready = True
+        return self.ready
+
+    def load_newer(self, warmup=False):
+        """Load a version above the served one if a complete one has appeared (as TF Serving's
+        file-system polling does), then stop serving the old one; True if it did."""
+        try:
+            version, path = latest_version(self.base_path, self.name)
+        except FileNotFoundError:
+            return False
+        if version <= self.version or not (path / "saved_model.pb").exists():
+            return False
+        old = self.version
+        self._swap(version, path, warmup)
+        self.ended.insert(0, old)
+        return True
+
+    def _swap(self, version, path, warmup):
+        loaded = tf.saved_model.load(str(path))
+        signatures, inputs = dict(loaded.signatures), {}
+        for key, fn in signatures.items():
             specs = fn.structured_input_signature[1]
             if len(specs) != 1 or len(fn.structured_outputs) != 1:
                 raise ValueError(f"signature '{key}' has {len(specs)} inputs and {len(fn.structured_outputs)} "
                                  "outputs; this engine serves one of each (tensorflow_model_server serves any)")
             (name, spec), = specs.items()
-            self.inputs[key] = name, spec
+            inputs[key] = name, spec
             if warmup:
                 fn(**{name: tf.zeros([1 if d is None else d for d in spec.shape], spec.dtype)})
+        metadata = signature_def_json(path)
+        gc.unfreeze()  # so that the version this replaces can be collected below
+        # one assignment: a request sees the old version or the new one, never half of each
+        self._state = loaded, version, signatures, inputs, metadata
+        self._loaded, self.version, self.signatures, self.inputs, self._metadata = self._state
         # Keep the loaded objects out of the cyclic garbage collector: otherwise every full
         # collection scans TensorFlow's ~300k objects and adds ~140 ms to some requests.
         gc.collect()
         gc.freeze()
-        self.ready = True
-        return self.ready
+
+    def status(self, version=None):
+        """TF Serving's model status (GetModelStatusResponse as JSON): the served version AVAILABLE,
+        earlier ones END; one version if asked (KeyError if this engine never served it)."""
+        rows = [(self.version, "AVAILABLE")] + [(v, "END") for v in self.ended]
+        if version is not None:
+            rows = [row for row in rows if row[0] == version]
+            if not rows:
+                raise KeyError(version)
+        return {"model_version_status": [{"version": str(v), "state": state,
+                                          "status": {"error_code": "OK", "error_message": ""}}
+                                         for v, state in rows]}
+
+    def metadata(self):
+        """TF Serving's model metadata (GetModelMetadataResponse as JSON): the SavedModel's signature
+        defs as protobuf JSON (snake_case names, int64 as strings, empty fields printed)."""
+        return {"model_spec": {"name": self.name, "signature_name": "", "version": str(self.version)},
+                "metadata": {"signature_def": {"signature_def": self._metadata}}}
 
     def _tensor(self, value, spec, where, scan=True, shape=None):
         """`value` as a tensor of `spec`, refusing what TF Serving refuses (null, true/false, lossy

@@ -151,8 +151,40 @@ def test_unknown_model_version_or_label_in_tf_servings_words(server, path, statu
 
 
 def test_kserves_own_errors_use_the_error_key(server):
-    reply = requests.get(f"{server.url}/v1/models/toy/versions/2/metadata", timeout=30)
+    reply = requests.get(f"{server.url}/v2/nope", timeout=30)
     assert reply.status_code == 404 and reply.json() == {"error": "Not Found"}  # FastAPI says {"detail": ...}
+
+
+# TF Serving's status and metadata answers, as its tests expect them (http_rest_api_handler_test.cc:455-531,
+# servables/tensorflow/testdata/saved_model_half_plus_two_2_versions_metadata.json)
+def test_status_in_tf_servings_format(server):
+    ok = {"error_code": "OK", "error_message": ""}
+    for path in ("/v1/models/toy", "/v1/models/toy/versions/2", "/V1/Models/toy"):
+        reply = requests.get(server.url + path, timeout=30)
+        assert reply.json() == {"model_version_status": [{"version": "2", "state": "AVAILABLE", "status": ok}]}, path
+
+
+@pytest.mark.parametrize("path, status, message", [
+    ("/v1/models/toy/versions/1", 404, "Could not find version 1 of model toy"),
+    ("/v1/models/nosuch", 404, "Could not find any versions of model nosuch"),
+    ("/v1/models", 400, "Missing model name in request."),
+    ("/v1/models/toy:metadata", 400, "Malformed request: GET /v1/models/toy:metadata"),
+    ("/v1/models/toy/labels/stable", 400, "Unrecognized servable version label: stable"),
+])
+def test_status_errors_in_tf_servings_words(server, path, status, message):
+    reply = requests.get(server.url + path, timeout=30)
+    assert (reply.status_code, reply.json()) == (status, {"error": message})
+
+
+def test_metadata_in_tf_servings_format(server):
+    reply = requests.get(f"{server.url}/v1/models/toy/metadata", timeout=30).json()
+    assert reply["model_spec"] == {"name": "toy", "signature_name": "", "version": "2"}
+    signatures = reply["metadata"]["signature_def"]["signature_def"]  # a SignatureDefMap inside the metadata map
+    assert {"serving_default", "double", "__saved_model_init_op"} <= set(signatures)
+    x = signatures["serving_default"]["inputs"]["x"]
+    assert (x["dtype"], x["tensor_shape"]) == ("DT_FLOAT", {"dim": [{"size": "-1", "name": ""}, {"size": "3", "name": ""}],
+                                                            "unknown_rank": False})
+    assert signatures["serving_default"]["method_name"] == "tensorflow/serving/predict"
 
 
 def test_a_body_over_the_limit_is_refused_before_it_is_read(server):
@@ -553,6 +585,19 @@ def test_attack_14_and_15_logs_hold_no_values_no_tracebacks_and_are_capped(serve
     text = log.read_text(errors="replace")
     assert secret not in text and "Traceback" not in text
     assert log.stat().st_size - before < LOG_MAX + 1000 and "log size cap reached" in text
+
+
+def test_a_newer_version_folder_is_served_as_tf_serving_polls_for_it(server, model_dir):
+    shutil.copytree(model_dir / "2", model_dir / "3")  # version 3 = version 2's weights
+    deadline = time.monotonic() + 30  # --file_system_poll_wait_seconds: 1 s by default
+    while requests.get(f"{server.url}/v1/models/toy", timeout=30).json()["model_version_status"][0]["version"] != "3":
+        assert time.monotonic() < deadline, "version 3 was not loaded"
+        time.sleep(0.2)
+    states = [(v["version"], v["state"]) for v in requests.get(f"{server.url}/v1/models/toy").json()["model_version_status"]]
+    assert states == [("3", "AVAILABLE"), ("2", "END")]
+    assert predict(server, json={"instances": X}).status_code == 200
+    reply = requests.post(f"{server.url}/v1/models/toy/versions/2:predict", json={"instances": X}, timeout=30)
+    assert (reply.status_code, reply.json()) == (404, {"error": "Servable not found for request: Specific(toy, 2)"})
 
 
 def test_stop_ends_the_process_closes_the_port_and_removes_the_log(server):  # last: it stops the server
