@@ -271,6 +271,11 @@ def output_lines(outputs):
     return [line for chunk in text for line in re.sub(r"\x1b\[[0-9;]*m", "", chunk).splitlines() if line.strip()]
 
 
+def nbformat_read(path):
+    import nbformat
+    return nbformat.read(path, as_version=4)
+
+
 def page_text(nb):
     """The chapter's prose, whitespace collapsed, where a reviewed sentence must appear."""
     return " ".join(" ".join(c.source for c in nb.cells if c.cell_type == "markdown").split())
@@ -391,7 +396,15 @@ def main(argv=None):
                           f"{n} {a or '-'}->{b}" for n, (a, b) in sorted(changed.items())[:8]), flush=True)
         enforce, reviewed = load_differences(args.differences)
         problems, stale = verdict(chosen, results, reviewed, base_versions)
+        details = {}
+        for name, result in results.items():
+            nb = nbformat_read(chosen[name])
+            rules = sanitizers(chosen[name].parent.parent)
+            details[name] = {"setup_output": output_lines(result["cells"][result["setup_index"]]["outputs"]),
+                             "differing": {index: {"stored": old, "colab": fresh}
+                                           for index, old, fresh in compared_cells(nb, result, rules)}}
         report = {"stack": str(args.stack), "base": base_versions, "base_pip_check": base_check,
+                  "details": details,
                   "chapters": {n: {**{k: v for k, v in r.items() if k != "cells"}, "slowest_cells": sorted(
                       ((c["seconds"], i) for i, c in enumerate(r["cells"]) if c), reverse=True)[:5]}
                       for n, r in results.items()},
