@@ -161,11 +161,12 @@ def pip_conflict(output):
     return "\n".join(dict.fromkeys(keep)) or output.strip()[-2000:]
 
 
-# Installed without the requirements named here when pip cannot install them otherwise (Colab: Python
-# 3.13, so kserve 0.21 only, which asks protobuf>=6.33.5 and psutil>=5.9.6 while Colab's TensorFlow
-# packages hold protobuf below 6 and the kernel has psutil 5.9.5 imported; grpcio-tools, for code
-# generation, asks protobuf 6 too). Its other requirements are installed under the same constraints.
-# Chapters 7 and 13 run KServe's REST server on Colab's protobuf 5.29 in the Colab lane.
+# Installed alone first; then its requirements under the same constraints, except those named here
+# that the installed versions do not already meet. Colab (Python 3.13, so kserve 0.21 only): kserve
+# asks protobuf>=6.33.5 and psutil>=5.9.6 while Colab's packages hold protobuf below 6 and the kernel
+# has psutil 5.9.5 imported (grpcio-tools, for code generation only, asks protobuf 6 too). Chapters 7
+# and 13 run KServe's REST server on Colab's protobuf 5.29 in the Colab lane. Installing it alone first
+# saves pip a resolution that would fail.
 WITHOUT_DEPENDENCIES = {"kserve": ("protobuf", "psutil", "grpcio-tools")}
 
 
@@ -182,21 +183,25 @@ def pip_install(requirements, constraint_lines, run, no_deps=False):
 
 
 def without_dependencies(wanted, constraint_lines, run):
-    """Install the WITHOUT_DEPENDENCIES packages of `wanted` alone, then everything else they and
-    `wanted` need but the skipped requirements; return (return code, pip's output, what was skipped)."""
+    """Install the WITHOUT_DEPENDENCIES packages of `wanted` alone, then the rest of `wanted` and their
+    requirements, leaving out a listed requirement that the installed version does not already meet;
+    return (return code, pip's output, the requirements left out)."""
     alone = [line for line in wanted if normalized(Requirement(line).name) in WITHOUT_DEPENDENCIES]
     code, output = pip_install(alone, constraint_lines, run, no_deps=True)
     if code:
         return code, output, []
+    versions = installed_versions()
     rest, skipped = [line for line in wanted if line not in alone], []
     for line in alone:
         name = normalized(Requirement(line).name)
         for requirement in requirements_of(importlib.metadata.distribution(name)):
-            if normalized(requirement.name) in WITHOUT_DEPENDENCIES[name]:
+            key = normalized(requirement.name)
+            if key in WITHOUT_DEPENDENCIES[name] and not (
+                    key in versions and requirement.specifier.contains(versions[key], prereleases=True)):
                 skipped.append(f"{requirement.name}{requirement.specifier}")
             else:
-                rest.append(f"{requirement.name}{requirement.extras and '[' + ','.join(sorted(requirement.extras)) + ']' or ''}"
-                            f"{requirement.specifier}")
+                extras = f"[{','.join(sorted(requirement.extras))}]" if requirement.extras else ""
+                rest.append(f"{requirement.name}{extras}{requirement.specifier}")
     code, more = pip_install(rest, constraint_lines, run)
     return code, output + more, skipped
 
@@ -216,11 +221,10 @@ def install_tested_keras(*extras, run=subprocess.run):
     before = installed_versions()
     start = time.perf_counter()
     constraint_lines = constraints()
-    code, output = pip_install(wanted, constraint_lines, run)
-    skipped = []
-    if code and any(normalized(Requirement(line).name) in WITHOUT_DEPENDENCIES for line in wanted):
-        code, retry, skipped = without_dependencies(wanted, constraint_lines, run)
-        output = f"{output}\n{retry}" if code else retry
+    if any(normalized(Requirement(line).name) in WITHOUT_DEPENDENCIES for line in wanted):
+        code, output, skipped = without_dependencies(wanted, constraint_lines, run)
+    else:
+        (code, output), skipped = pip_install(wanted, constraint_lines, run), []
     seconds = time.perf_counter() - start
     if code:
         raise RuntimeError(f"pip could not install {' '.join(wanted)} without moving what the installed "

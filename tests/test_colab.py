@@ -174,11 +174,13 @@ def test_installer_refuses_when_keras_is_already_imported(book, monkeypatch):
         colab.install_tested_keras(run=lambda *a, **k: pytest.fail("pip must not run"))
 
 
-def test_kserve_falls_back_to_no_dependencies_and_says_what_it_skipped(site, monkeypatch, capsys):
-    """Colab: kserve 0.21 asks protobuf>=6.33.5 and psutil>=5.9.6, which Colab's runtime holds lower."""
+@pytest.fixture
+def serve_book(site, monkeypatch):
+    """A fake book whose production extra asks for a package installed alone first (as kserve is)."""
     fake_distribution(site, "fakebook", "0.1.0", extras=["tested-keras", "production"], requires=[
         'keras==3.15.1; extra == "tested-keras"', 'fakeserve; extra == "production"'])
     fake_distribution(site, "faketf", "2.20.0", ["protobuf>=5.28.0"])
+    fake_distribution(site, "psutil", "5.9.5")
     monkeypatch.setattr(colab, "DISTRIBUTION", "fakebook")
     monkeypatch.setattr(colab.importlib.metadata, "packages_distributions", lambda: {"tensorflow": ["faketf"]})
     monkeypatch.delitem(sys.modules, "keras", raising=False)
@@ -187,11 +189,8 @@ def test_kserve_falls_back_to_no_dependencies_and_says_what_it_skipped(site, mon
     calls = []
 
     def pip(command, **kwargs):
-        requested = command[command.index("--constraint") + 2:]
-        calls.append((("--no-deps" in command), requested))
-        if len(calls) == 1:
-            return subprocess.CompletedProcess(command, 1, "", PIP_RESOLUTION_IMPOSSIBLE)
-        if len(calls) == 2:  # kserve alone, as pip would install it
+        calls.append((("--no-deps" in command), command[command.index("--constraint") + 2:]))
+        if len(calls) == 1:  # fakeserve alone, as pip would install it
             fake_distribution(site, "fakeserve", "0.21.0", ["protobuf<7.0.0,>=6.33.5", "psutil<6.0.0,>=5.9.6",
                                                          "fastapi<1.0.0,>=0.115.3", "uvicorn[standard]>=0.30.6"])
             return subprocess.CompletedProcess(command, 0, "", "")
@@ -200,14 +199,30 @@ def test_kserve_falls_back_to_no_dependencies_and_says_what_it_skipped(site, mon
             "installed. This behaviour is the source of the following dependency conflicts.\n"
             "fakeserve 0.21.0 requires protobuf<7.0.0,>=6.33.5, but you have protobuf 5.29.6 which is incompatible.\n"
             "fakeserve 0.21.0 requires psutil<6.0.0,>=5.9.6, but you have psutil 5.9.5 which is incompatible.\n"))
+    return site, pip, calls
 
+
+def test_kserve_goes_in_alone_then_without_what_colab_holds_lower(serve_book, capsys):
+    """Colab: kserve 0.21 asks protobuf>=6.33.5 and psutil>=5.9.6, which Colab's runtime holds lower."""
+    site, pip, calls = serve_book
+    fake_distribution(site, "protobuf", "5.29.6")
     colab.install_tested_keras("production", run=pip)
-    assert calls == [(False, ["keras==3.15.1", "fakeserve"]), (True, ["fakeserve"]),
+    assert calls == [(True, ["fakeserve"]),
                      (False, ["keras==3.15.1", "fastapi<1.0.0,>=0.115.3", "uvicorn[standard]>=0.30.6"])]
     out, err = capsys.readouterr()
     assert out.rstrip().endswith("added fakeserve 0.21.0; without its requirements protobuf<7.0.0,>=6.33.5, "
                                  "psutil<6.0.0,>=5.9.6 (this runtime keeps its own)")
     assert err == ""  # pip's complaint about exactly those two requirements is expected, not shown
+
+
+def test_a_requirement_the_runtime_already_meets_is_kept(serve_book, capsys):
+    """The book's own stack: protobuf 6.33 meets kserve's range, so it stays a requirement."""
+    site, pip, calls = serve_book
+    fake_distribution(site, "protobuf", "6.33.6")
+    colab.install_tested_keras("production", run=pip)
+    assert calls[1] == (False, ["keras==3.15.1", "protobuf<7.0.0,>=6.33.5", "fastapi<1.0.0,>=0.115.3",
+                                "uvicorn[standard]>=0.30.6"])
+    assert "without its requirements psutil<6.0.0,>=5.9.6 (this runtime" in capsys.readouterr().out
 
 
 def test_a_conflict_without_a_no_dependencies_package_is_not_retried(book):
