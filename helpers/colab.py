@@ -166,7 +166,8 @@ def pip_conflict(output):
 # asks protobuf>=6.33.5 and psutil>=5.9.6 while Colab's packages hold protobuf below 6 and the kernel
 # has psutil 5.9.5 imported (grpcio-tools, for code generation only, asks protobuf 6 too). Chapters 7
 # and 13 run KServe's REST server on Colab's protobuf 5.29 in the Colab lane. Installing it alone first
-# saves pip a resolution that would fail.
+# saves pip a resolution that would fail. A requirement on a distribution the kernel has imported (or
+# on TensorFlow) that the installed version does not meet is left out too: it could not move anyway.
 WITHOUT_DEPENDENCIES = {"kserve": ("protobuf", "psutil", "grpcio-tools")}
 
 
@@ -191,12 +192,13 @@ def without_dependencies(wanted, constraint_lines, run):
     if code:
         return code, output, []
     versions = installed_versions()
+    pinned = {normalized(line.split("==")[0]) for line in constraint_lines if "==" in line}  # TF, imported
     rest, skipped = [line for line in wanted if line not in alone], []
     for line in alone:
         name = normalized(Requirement(line).name)
         for requirement in requirements_of(importlib.metadata.distribution(name)):
             key = normalized(requirement.name)
-            if key in WITHOUT_DEPENDENCIES[name] and not (
+            if (key in WITHOUT_DEPENDENCIES[name] or key in pinned) and not (
                     key in versions and requirement.specifier.contains(versions[key], prereleases=True)):
                 skipped.append(f"{requirement.name}{requirement.specifier}")
             else:

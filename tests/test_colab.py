@@ -235,3 +235,24 @@ def test_a_conflict_without_a_no_dependencies_package_is_not_retried(book):
     with pytest.raises(RuntimeError, match="onnx 1.23.2 depends on protobuf>=6.0"):
         colab.install_tested_keras(run=pip)
     assert len(calls) == 1
+
+
+def test_a_requirement_on_an_imported_distribution_is_left_out_too(serve_book, monkeypatch, capsys):
+    """Were Pillow imported at kernel start, kserve's pillow>=12.3 could not take effect without a restart."""
+    site, pip, calls = serve_book
+    fake_distribution(site, "protobuf", "6.33.6")
+    fake_distribution(site, "pillow", "11.3.0")
+    (site / "fakepil").mkdir()
+    monkeypatch.setattr(colab.importlib.metadata, "packages_distributions",
+                        lambda: {"tensorflow": ["faketf"], "fakepil": ["pillow"]})
+    monkeypatch.setitem(sys.modules, "fakepil", object())
+
+    def pip_with_pillow(command, **kwargs):
+        result = pip(command, **kwargs)
+        if len(calls) == 1:
+            info = next(site.glob("fakeserve-0.21.0.dist-info"))
+            (info / "METADATA").write_text((info / "METADATA").read_text() + "Requires-Dist: pillow>=12.3.0\n")
+        return result
+    colab.install_tested_keras("production", run=pip_with_pillow)
+    assert "pillow>=12.3.0" not in calls[1][1]
+    assert "without its requirements psutil<6.0.0,>=5.9.6, pillow>=12.3.0 (this runtime" in capsys.readouterr().out
