@@ -201,8 +201,10 @@ def type_error(value, dtype):
 
 
 def decode_b64(text):
-    """The bytes of a {"b64": text} value; InvalidInput("Unable to base64 decode") for anything but
-    the standard alphabet with no more '=' than the length needs (absl::Base64Unescape's rule)."""
+    """The bytes of a {"b64": text} value (TF Serving decodes it with absl::Base64Unescape); this engine
+    takes the standard alphabet with the '=' padding the length needs, or none, and answers
+    InvalidInput("Unable to base64 decode", TF Serving's words) for anything else: extra '=', other
+    characters (a non-ASCII text raised ValueError, a 500, before)."""
     body = text.rstrip("=")
     padding = len(text) - len(body)
     if not BASE64.fullmatch(body) or padding > 2 or (padding and (len(body) + padding) % 4) or len(body) % 4 == 1:
