@@ -176,10 +176,11 @@ def pip_install(requirements, constraint_lines, run, no_deps=False):
     with tempfile.TemporaryDirectory() as folder:
         constraint_file = Path(folder) / "constraints.txt"
         constraint_file.write_text("\n".join(constraint_lines) + "\n")
-        # not --quiet: pip explains a conflict ("The conflict is caused by: ...") only at its normal level
+        # not --quiet: pip explains a conflict ("The conflict is caused by: ...") only at its normal level;
+        # --no-compile: Python compiles what it imports, not all of kubernetes' client ahead of time
         result = run([sys.executable, "-m", "pip", "install", "--progress-bar", "off", "--disable-pip-version-check",
-                      "--no-input", *(["--no-deps"] if no_deps else []), "--constraint", str(constraint_file),
-                      *requirements], capture_output=True, text=True)
+                      "--no-input", "--no-compile", *(["--no-deps"] if no_deps else []),
+                      "--constraint", str(constraint_file), *requirements], capture_output=True, text=True)
     return result.returncode, (result.stdout or "") + (result.stderr or "")
 
 
