@@ -61,7 +61,7 @@ def stack_python(stack_text):
                                capture_output=True, text=True)
         if probe.returncode == 0 and probe.stdout.strip() == version:
             return str(candidate)
-    raise SystemExit(f"colab lane: no Python {version} found (colab/stack.txt asks for it)")
+    raise RuntimeError(f"no Python {version} found (colab/stack.txt asks for it)")
 
 
 def environment(stack=STACK):
@@ -365,7 +365,11 @@ def main(argv=None):
     started = time.perf_counter()
     from notebook_kernel import prepare_environment
     prepare_environment()  # PYTHONSTARTUP, TMPDIR and the Keras cache, inherited by every kernel
-    base = environment(args.stack)
+    enforce, reviewed = load_differences(args.differences)
+    try:
+        base = environment(args.stack)
+    except (RuntimeError, subprocess.CalledProcessError) as error:
+        return finish([f"cannot build Colab's stack: {error}"], enforce, started, 0)
     base_versions, base_check = pip_state(base)
     CACHE.mkdir(parents=True, exist_ok=True)
     run_dir = Path(tempfile.mkdtemp(prefix="run-", dir=CACHE))  # same file system: hard links work
@@ -375,7 +379,7 @@ def main(argv=None):
             subprocess.run([sys.executable, str(args.prepare), str(book)], check=True)
         notebooks = prepare_book(book, rewrite=not args.as_committed)
         chosen = {k: v for k, v in notebooks.items() if not args.chapters or k in args.chapters}
-        results = {}
+        results, failed = {}, []
 
         def launch(name):
             out = run_dir / f"{name}.json"
@@ -383,19 +387,23 @@ def main(argv=None):
                        "--work", str(run_dir / "chapters" / name), "--result", str(out)]
             finished = subprocess.run(command, capture_output=True, text=True)
             if finished.returncode:
-                raise RuntimeError(f"{name}: the lane could not run it:\n{finished.stderr[-3000:]}")
+                return {"chapter": name, "failed": finished.stderr[-3000:]}
             return json.loads(out.read_text())
 
         with concurrent.futures.ThreadPoolExecutor(args.jobs) as pool:
             for result in pool.map(launch, chosen):
+                if "failed" in result:
+                    failed.append(f"{result['chapter']}: the lane could not run it: {result['failed']}")
+                    print(failed[-1], flush=True)
+                    continue
                 results[result["chapter"]] = result
                 changed = {n: (base_versions.get(n), v) for n, v in result["pip_after"].items()
                            if base_versions.get(n) != v}
                 print(f"{result['chapter']}: {result['seconds']:.0f} s (setup cell {result['setup_seconds']:.0f} s); "
                       f"setup changed {len(changed)}: " + ", ".join(
                           f"{n} {a or '-'}->{b}" for n, (a, b) in sorted(changed.items())[:8]), flush=True)
-        enforce, reviewed = load_differences(args.differences)
-        problems, stale = verdict(chosen, results, reviewed, base_versions)
+        problems, stale = verdict({n: chosen[n] for n in results}, results, reviewed, base_versions)
+        problems = failed + problems
         details = {}
         for name, result in results.items():
             nb = nbformat_read(chosen[name])
@@ -415,10 +423,14 @@ def main(argv=None):
         shutil.rmtree(run_dir, ignore_errors=True)
     for entry in stale:
         print(f"note: listed difference no longer seen: {entry['chapter']} [{entry['cell']}] {entry['differs']}")
+    return finish(problems, enforce, started, len(results))
+
+
+def finish(problems, enforce, started, chapters):
+    """Print the verdict; the exit status: 1 on any problem, unless colab/differences.yml says enforce: false."""
     for problem in problems:
         print(f"PROBLEM {problem}")
-    total = time.perf_counter() - started
-    print(f"colab lane: {len(results)} chapters, {len(problems)} problems, {total:.0f} s")
+    print(f"colab lane: {chapters} chapters, {len(problems)} problems, {time.perf_counter() - started:.0f} s")
     if problems and not enforce:
         print("colab lane: colab/differences.yml says enforce: false, so these are reported, not failed")
         return 0

@@ -101,3 +101,17 @@ def test_comparison_ignores_what_nbval_ignores():
     assert colab_lane.comparable(with_image, rules) == colab_lane.comparable(other_image, rules)
     split = [stream("a"), stream("b\n")]
     assert colab_lane.comparable(split, rules) == colab_lane.comparable([stream("ab\n")], rules)
+
+
+def test_problems_fail_the_lane_unless_enforcement_is_off(capsys):
+    import time
+    assert colab_lane.finish([], True, time.perf_counter(), 14) == 0
+    assert colab_lane.finish(["01_x [2]: differs"], True, time.perf_counter(), 14) == 1
+    assert colab_lane.finish(["01_x [2]: differs"], False, time.perf_counter(), 14) == 0
+    out = capsys.readouterr().out
+    assert "PROBLEM 01_x [2]: differs" in out and "enforce: false, so these are reported, not failed" in out
+
+
+def test_a_stack_whose_python_is_missing_is_a_problem_not_a_crash():
+    with pytest.raises(RuntimeError, match=r"no Python 9\.9 found"):
+        colab_lane.stack_python("# python: 9.9\n")
