@@ -65,14 +65,15 @@ def stack_python(stack_text):
 
 
 def environment(stack=STACK):
-    """The base environment with Colab's stack: built once per content of the stack file, then reused."""
+    """The base environment with Colab's stack: built once per content of the stack file, then reused
+    (building colab/stack.txt's removes the environments of its earlier versions)."""
     text = stack.read_text()
     key = hashlib.sha256(text.encode()).hexdigest()[:12]
     venv = CACHE / f"stack-{key}"
     if (venv / "complete").exists():
         print(f"colab lane: reusing {venv} (colab/stack.txt unchanged)", flush=True)
         return venv
-    for old in CACHE.glob("stack-*"):
+    for old in CACHE.glob("stack-*") if stack.resolve() == STACK.resolve() else []:
         shutil.rmtree(old, ignore_errors=True)
     start = time.perf_counter()
     subprocess.run([stack_python(text), "-m", "venv", str(venv)], check=True)
