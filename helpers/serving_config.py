@@ -115,8 +115,10 @@ def serve_layout(layout, **options):
 
 
 def read_batching_parameters(path):
-    """The `BatchingParameters` in `path`, checked as TF Serving checks them: allowed_batch_sizes
-    increasing, the last one equal to max_batch_size; every value positive."""
+    """The `BatchingParameters` in `path`, checked against the rules session_bundle_config.proto
+    documents: allowed_batch_sizes increasing, the last one equal to max_batch_size (the server
+    itself checks only the last, bundle_factory_util.cc); and, the book's own check, no value below 1
+    (batch_timeout_micros below 0)."""
     params = parse_text(Path(path).read_text(), BatchingParameters, path)
     sizes = list(params.allowed_batch_sizes)
     if sizes and (sizes != sorted(set(sizes)) or not params.HasField("max_batch_size")
