@@ -7,9 +7,11 @@ It writes
 - OUTPUT_DIR/notebooks/*.ipynb: the student notebooks (exercises kept; `{solution}` blocks and the
   executed solutions between `{solution-start}` and `{solution-end}` removed, outputs included);
 - OUTPUT_DIR/_build/html: the student HTML book, built from those notebooks, so that each page's
-  `.ipynb` download is the student notebook too. Its Colab buttons open the notebooks on the
-  repository's `student` branch (set `--branch`): a teacher publishes the student notebooks there,
-  e.g. `git switch --orphan student`, copy OUTPUT_DIR/notebooks into notebooks/, commit, push.
+  `.ipynb` download is the student notebook too, and OUTPUT_DIR/_build/html/zh_CN the same book in
+  Chinese (scripts/translation.py), each page linked to the other. Its Colab buttons open the
+  notebooks on the repository's `student` branch (set `--branch`): a teacher publishes the student
+  notebooks there, e.g. `git switch --orphan student`, copy OUTPUT_DIR/notebooks into notebooks/,
+  commit, push.
   Never push the full notebooks to that branch: they hold the solutions.
 """
 import argparse
@@ -24,7 +26,7 @@ import nbformat
 import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
-SOURCES = ["_config.yml", "_toc.yml", "_ext", "_static", "notebooks", "*.md"]
+SOURCES = ["_config.yml", "_toc.yml", "_ext", "_static", "locales", "notebooks", "*.md"]
 # A whole `{solution}` directive in MyST: backtick or colon fence, closed by the same fence.
 SOLUTION_BLOCK = re.compile(r"^(?P<fence>`{3,}|:{3,})\{solution\}.*?^(?P=fence)[ \t]*$\n?", re.S | re.M)
 GATE = re.compile(r"^(`{3,}|:{3,})\{solution-(start|end)\}")
@@ -76,9 +78,18 @@ def main():
         jupyter_book = Path(sys.executable).with_name("jupyter-book")
         result = subprocess.run([str(jupyter_book), "build", str(source), "--path-output", str(output),
                                  "-W", "-n", "--keep-going", "-q"])
+        if result.returncode == 0:
+            sys.path.insert(0, str(ROOT / "scripts"))
+            from translation import build
+            chinese = build("zh_CN", source=source, output=output / "_build" / "html" / "zh_CN",
+                            work=Path(tmp) / "zh_CN", student=True)
+            sys.stdout.write(chinese.stdout[-3000:])
+            sys.stderr.write(chinese.stderr[-3000:])
+            result = chinese
     if result.returncode == 0:
         print(f"student notebooks: {output / 'notebooks'}")
         print(f"student edition: {output / '_build' / 'html' / 'index.html'}")
+        print(f"Chinese student edition: {output / '_build' / 'html' / 'zh_CN' / 'index.html'}")
     return result.returncode
 
 

@@ -22,7 +22,8 @@ ROOT = Path(__file__).resolve().parent.parent
 
 @pytest.fixture(scope="session")
 def built_book(tmp_path_factory):
-    """The HTML book built from the current sources, warnings as errors, into a temporary folder."""
+    """The HTML book built from the current sources, warnings as errors, into a temporary folder:
+    the English edition, and the Chinese one in its zh_CN/ folder, as README's command builds them."""
     import subprocess
     import sys
     out = tmp_path_factory.mktemp("book")
@@ -30,7 +31,12 @@ def built_book(tmp_path_factory):
         [str(Path(sys.executable).with_name("jupyter-book")), "build", str(ROOT), "--path-output",
          str(out), "-W", "-n", "--keep-going", "-q"], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    return out / "_build" / "html"
+    sys.path.insert(0, str(ROOT / "scripts"))
+    from translation import build
+    html = out / "_build" / "html"
+    result = build("zh_CN", source=ROOT, output=html / "zh_CN", work=out / "zh_CN")
+    assert result.returncode == 0, "Chinese edition: " + result.stdout[-3000:] + result.stderr[-3000:]
+    return html
 
 
 @pytest.fixture(scope="session")

@@ -1,4 +1,5 @@
 """The built HTML book in a real browser: Debian's Chromium driven by Playwright, served on 127.0.0.1.
+Both editions: the English book at the site's root and the Chinese one in zh_CN/ (issue 22).
 
 Needs `chromium` on PATH (`apt-get install chromium`; .ci/run installs it). Without it the tests
 are skipped on a developer's machine and fail in CI.
@@ -21,6 +22,7 @@ FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
 TOC = yaml.safe_load((ROOT / "_toc.yml").read_text())
 PAGES = [TOC["root"]] + [c["file"] for part in TOC["parts"] for c in part["chapters"]]
 CHAPTERS = [p for p in PAGES if p.startswith("notebooks/")]
+EDITIONS = {"en": "", "zh_CN": "zh_CN/"}
 REPO = yaml.safe_load((ROOT / "_config.yml").read_text())["repository"]["url"].removesuffix(".git")
 
 
@@ -64,11 +66,13 @@ def page(browser, site):
     context.close()
 
 
+@pytest.mark.parametrize("edition", EDITIONS)
 @pytest.mark.parametrize("entry", PAGES)
-def test_page_loads_without_javascript_errors_and_its_images_load(page, site, entry):
-    response = page.goto(f"{site}/{entry}.html", wait_until="load")
+def test_page_loads_without_javascript_errors_and_its_images_load(page, site, entry, edition):
+    response = page.goto(f"{site}/{EDITIONS[edition]}{entry}.html", wait_until="load")
     assert response.status == 200
     assert page.title()
+    assert page.evaluate("document.documentElement.lang") == edition.replace("_", "-")
     broken = page.eval_on_selector_all(
         "img", "imgs => imgs.filter(i => !(i.complete && i.naturalWidth > 0)).map(i => i.src)")
     assert broken == []
@@ -169,12 +173,17 @@ def set_theme(page, theme):
     page.wait_for_timeout(50)
 
 
-@pytest.mark.parametrize("entry", PAGES)
-def test_page_reads_well_on_desktop_and_phone_in_light_and_dark(page, site, entry):
+# The Chinese edition has the English pages' layout and outputs: its own text is checked on a sample
+# (a table page, a chapter with a figure, one with wide outputs, the glossary) to keep the suite short.
+CHINESE_SAMPLE = ["intro", "notebooks/03_dependency_graph", "notebooks/07_serving", "glossary"]
+
+
+@pytest.mark.parametrize("entry,edition", [(e, "en") for e in PAGES] + [(e, "zh_CN") for e in CHINESE_SAMPLE])
+def test_page_reads_well_on_desktop_and_phone_in_light_and_dark(page, site, entry, edition):
     failed_requests = []
     page.on("requestfailed", lambda r: r.url.startswith(site) and failed_requests.append(r.url))
     page.on("response", lambda r: r.status >= 400 and failed_requests.append(f"{r.status} {r.url}"))
-    page.goto(f"{site}/{entry}.html", wait_until="load")
+    page.goto(f"{site}/{EDITIONS[edition]}{entry}.html", wait_until="load")
     page.wait_for_timeout(200)
     problems = []
     for name, (width, height) in VIEWPORTS.items():
@@ -196,3 +205,64 @@ def test_page_reads_well_on_desktop_and_phone_in_light_and_dark(page, site, entr
     icon = page.eval_on_selector('link[rel~="icon"]', "l => l.href")
     assert page.request.get(icon).status == 200, icon
     assert [e for e in page.errors if "ERR_FAILED" not in e] == []
+
+
+# --- The Chinese edition ------------------------------------------------------------------------
+
+def test_every_page_links_to_itself_in_the_other_edition(built_book):
+    """Every page's switch names the same page (tests/test_book.py checks that each link resolves)."""
+    for edition, folder in EDITIONS.items():
+        for entry in PAGES:
+            page = built_book / folder / f"{entry}.html"
+            links = re.findall(r'<a href="([^"]+)" class="[^"]*book-language-switch', page.read_text())
+            assert len(links) == 1, (page, links)
+            target = (page.parent / links[0]).resolve()
+            other = built_book / EDITIONS["zh_CN" if edition == "en" else "en"] / f"{entry}.html"
+            assert target == other.resolve(), (page, links)
+
+
+@pytest.mark.parametrize("entry", ["intro", "notebooks/01_keras_weights", "glossary"])
+def test_language_switch_lands_on_the_same_page_in_the_other_edition_and_back(page, site, entry):
+    page.goto(f"{site}/{entry}.html")
+    page.locator("a.book-language-switch").click()
+    page.wait_for_url(f"{site}/zh_CN/{entry}.html")
+    assert page.evaluate("document.documentElement.lang") == "zh-CN"
+    page.locator("a.book-language-switch").click()
+    page.wait_for_url(f"{site}/{entry}.html")
+
+
+def test_language_switch_works_offline_from_the_files_and_on_a_phone(browser, built_book):
+    context = browser.new_context(viewport={"width": 390, "height": 844})
+    page = context.new_page()
+    chapter = built_book / "notebooks" / "03_dependency_graph.html"
+    page.goto(chapter.as_uri())
+    switch = page.locator("a.book-language-switch")
+    assert switch.is_visible()
+    switch.click()
+    page.wait_for_url((built_book / "zh_CN" / "notebooks" / "03_dependency_graph.html").as_uri())
+    page.locator("a.book-language-switch").click()
+    page.wait_for_url(chapter.as_uri())
+    context.close()
+
+
+# Each character drawn in the page's own font. A missing glyph is drawn as the same empty box
+# whatever the character ("tofu"), like U+10FFFD, a private-use code point no font draws.
+GLYPHS_JS = r"""([selector, chars]) => {
+  const font = getComputedStyle(document.querySelector(selector)).fontFamily;
+  const draw = ch => { const c = document.createElement('canvas'); c.width = c.height = 64;
+                       const x = c.getContext('2d'); x.font = `48px ${font}`; x.fillText(ch, 4, 52);
+                       return Array.from(x.getImageData(0, 0, 64, 64).data).join(','); };
+  const tofu = draw('\u{10FFFD}');
+  return {font, missing: chars.filter(ch => draw(ch) === tofu), distinct: new Set(chars.map(draw)).size};
+}"""
+
+
+def test_chinese_text_renders_with_a_real_font_not_tofu(page, site):
+    page.goto(f"{site}/zh_CN/intro.html")
+    heading = page.locator("main h1").first.inner_text()
+    assert "检查点" in heading
+    chars = list("检查点签名依赖图恢复")
+    for selector in ("main h1", "main p"):
+        result = page.evaluate(GLYPHS_JS, [selector, chars])
+        assert result["missing"] == [] and result["distinct"] == len(chars), (
+            f"{selector} in {result['font']}: CJK drawn as tofu (apt-get install fonts-noto-cjk)", result)
