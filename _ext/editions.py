@@ -8,7 +8,8 @@ extension adds what Sphinx and the book's extensions lack for that:
   `<link rel="alternate" hreflang>`), with relative URLs, so the switch works offline;
 - messages with no words to translate (only inline code, numbers, dates, units) stay out of the
   catalogs: the status page's run times would otherwise turn stale at every re-run;
-- sphinx-exercise's exercise titles reach the catalogs (the directive gives them no source);
+- sphinx-exercise's exercise titles reach the catalogs (the directive gives them no source), and
+  the book's part captions are translated (sphinx-external-toc adds them after Sphinx translates);
 - a translated paragraph that pastes a number from its own notebook (`{glue:text}` without a
   path) finds it: Sphinx parses translations as plain Markdown, without the notebook's glue data,
   so such a reference is pointed at its own notebook (`/notebooks/x.ipynb::key`), which myst-nb
@@ -65,6 +66,28 @@ class PrepareMessages(SphinxTransform):
             if isinstance(node, (nodes.paragraph, nodes.title, nodes.term, nodes.subtitle, nodes.caption,
                                  nodes.rubric, nodes.line)) and not has_words(node):
                 node["translatable"] = False
+
+
+class TranslatedToctreeCaptions(SphinxTransform):
+    """The captions of the book's parts ("Training checkpoints") are in the root page's catalog, but
+    sphinx-external-toc inserts the toctrees (priority 100) after Sphinx translated the page (20)."""
+    default_priority = 110  # before the toctrees are collected for the navigation (doctree-read)
+
+    def apply(self):
+        if (self.config.language or "en") == "en":
+            return
+        import os
+        from sphinx import addnodes
+        from sphinx.locale import init as init_locale
+        from sphinx.util.i18n import docname_to_domain
+        dirs = [os.path.join(self.env.srcdir, d) for d in self.config.locale_dirs]
+        catalog, found = init_locale(dirs, self.config.language,
+                                     docname_to_domain(self.env.docname, self.config.gettext_compact))
+        if not found:
+            return
+        for node in self.document.findall(addnodes.toctree):
+            if node.get("rawcaption"):
+                node["caption"] = catalog.gettext(node["rawcaption"])
 
 
 class TranslatedExerciseTitles(SphinxTransform):
@@ -155,6 +178,7 @@ def setup(app):
     app.add_source_parser(translated_fragment_parser(Parser), override=True)
     app.add_transform(PrepareMessages)
     app.add_transform(TranslatedExerciseTitles)
+    app.add_transform(TranslatedToctreeCaptions)
     app.add_post_transform(ExerciseTitlesForGettext)
     app.connect("config-inited", configure)
     app.connect("html-page-context", add_switch)

@@ -125,6 +125,15 @@ def test_a_numbered_title_is_translated_not_dropped(built_book):
     assert re.search(r"<h1>" + re.escape(title) + "<a", page)
 
 
+def test_the_chinese_navigation_shows_translated_part_captions(built_book):
+    """The parts' captions come from intro.po (sphinx-external-toc adds them after Sphinx translates)."""
+    captions = {m.id: m.string for m in translation.read_catalog(CATALOGS["intro"])
+                if m.id in ("Training checkpoints", "Appendices")}
+    page = (built_book / LANGUAGE / "notebooks" / "01_keras_weights.html").read_text()
+    shown = re.findall(r'<p aria-level="2" class="caption" role="heading"><span class="caption-text">([^<]*)<', page)
+    assert captions["Training checkpoints"] in shown and captions["Appendices"] in shown, shown
+
+
 def test_glued_numbers_are_the_same_in_both_editions(built_book):
     """Every page pastes the same numbers, in the same order, in English and in Chinese."""
     pasted = re.compile(r'<span class="pasted-text">([^<]*)</span>')
