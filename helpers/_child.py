@@ -2,28 +2,33 @@
 
 Three helpers need a process of their own: `saved_model_cli` is a separate program, legacy Keras
 must be chosen before TensorFlow is imported, and the LiteRT converter can abort the whole
-process. They share this module, so the environment, the time limit and the error message are
-the same for all three: a failure is reported as the final `SomeError: message` of the child's
-traceback.
+process. They share this module, so the time limit and the error message are the same for all
+three: a failure is reported as the final `SomeError: message` of the child's traceback. `run`
+gives the child this process's environment plus exactly the variables its caller names, nothing
+else, so a helper runs what its page says it runs. TensorFlow's start-up log lines go to the
+child's stderr, which `run` captures and the helpers print only as that final error line.
 """
 import os
 import subprocess
 import sys
 import textwrap
 
-QUIET = {"TF_CPP_MIN_LOG_LEVEL": "3"}  # TensorFlow's C++ start-up lines would bury the error
+# TensorFlow's C++ log level 3: hides its INFO/WARNING/ERROR lines, though not the absl and oneDNN
+# lines printed at start-up. Only `package_env` (and callers that name it) add it; `run` does not.
+QUIET = {"TF_CPP_MIN_LOG_LEVEL": "3"}
 
 
 def package_env():
-    """This environment, quiet, with the book's package folder first on PYTHONPATH, so a child run
-    as `python -m helpers.X` imports these helpers from any working folder."""
+    """This environment plus `QUIET` (TF_CPP_MIN_LOG_LEVEL=3), with the book's package folder first
+    on PYTHONPATH, so a child run as `python -m helpers.X` imports these helpers from any working
+    folder and its captured stderr is not filled with TensorFlow's C++ log lines."""
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     path = [root] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
     return {**os.environ, **QUIET, "PYTHONPATH": os.pathsep.join(path)}
 
 
 def run(args, env=None, timeout=600):
-    """Run `args` with this environment plus `QUIET` and `env`; return the `CompletedProcess`.
+    """Run `args` with this environment plus `env` (nothing else); return the `CompletedProcess`.
 
     Output is captured as text; a child still running after `timeout` seconds is killed and
     reported as a `RuntimeError` naming the command.
@@ -33,7 +38,7 @@ def run(args, env=None, timeout=600):
     args = [str(arg) for arg in args]
     try:
         return subprocess.run(args, capture_output=True, text=True, timeout=timeout,
-                              env={**os.environ, **QUIET, **(env or {})})
+                              env={**os.environ, **(env or {})})
     except subprocess.TimeoutExpired:
         raise RuntimeError(f"{describe(args)} did not finish within {timeout} s") from None
 

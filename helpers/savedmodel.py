@@ -85,17 +85,18 @@ UNORDERED_OPS_LINE = "contains the following ops:"
 
 
 def saved_model_cli(*args, max_lines=16):
-    """Run `saved_model_cli ARGS` with this Python and print its output (and its exit status if not 0).
+    """Run `saved_model_cli ARGS` with this Python and print its standard output (and its exit
+    status if not 0).
 
-    The same as typing `saved_model_cli ...` in a shell. The list of ops that `show --all`
-    prints is a set in random order, so that line is left out; output past `max_lines` lines
-    is cut (a MobileNet result is 250 lines of numbers); on failure the final error line of
-    the traceback is printed instead of the whole traceback.
+    The same command as typing `saved_model_cli ...` in a shell, in this environment, with no
+    variable or flag added. What is printed differs: the list of ops that `show --all` prints is
+    a set in random order, so that line is left out; output past `max_lines` lines is cut (a
+    MobileNet result is 250 lines of numbers); stderr (TensorFlow's log lines) is not printed,
+    except, on failure, the final error line of its traceback.
     """
     if max_lines < 0:
         raise ValueError(f"max_lines must be 0 or more, got {max_lines}")
-    result = _child.run([sys.executable, "-m", "tensorflow.python.tools.saved_model_cli", *args],
-                        env={"TF_ENABLE_ONEDNN_OPTS": "0"})
+    result = _child.run([sys.executable, "-m", "tensorflow.python.tools.saved_model_cli", *args])
     print("$ saved_model_cli " + " ".join(map(str, args)))
     lines = [line for line in result.stdout.splitlines() if UNORDERED_OPS_LINE not in line]
     for line in lines[:max_lines]:

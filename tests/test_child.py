@@ -1,5 +1,8 @@
 """helpers._child: the one way the helpers run a CLI or Python code in a child process."""
+import json
+import os
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -7,12 +10,22 @@ from helpers import _child
 from helpers._child import last_error, run, run_python
 
 
-def test_environment_is_quiet_tensorflow_plus_extras():
+def test_environment_is_this_one_plus_the_callers_extras_only(monkeypatch):
+    """Nothing behind the reader's back: the child gets exactly os.environ plus `env`."""
+    monkeypatch.delenv("TF_CPP_MIN_LOG_LEVEL", raising=False)
     result = run_python("""
-        import os
-        print(os.environ["TF_CPP_MIN_LOG_LEVEL"], os.environ["BOOK_EXTRA"])
+        import json, os
+        print(json.dumps(dict(os.environ)))
     """, env={"BOOK_EXTRA": "yes"})
-    assert (result.returncode, result.stdout) == (0, "3 yes\n")
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout) == {**os.environ, "BOOK_EXTRA": "yes"}
+
+
+def test_package_env_is_quiet_and_finds_the_helpers():
+    """The one helper that adds TF_CPP_MIN_LOG_LEVEL says so in its name's docstring and here."""
+    env = _child.package_env()
+    assert env["TF_CPP_MIN_LOG_LEVEL"] == "3"
+    assert env["PYTHONPATH"].split(os.pathsep)[0] == str(Path(_child.__file__).resolve().parent.parent)
 
 
 def test_arguments_are_passed_as_text():
@@ -66,4 +79,3 @@ def test_the_three_callers_use_it():
     for module in (savedmodel, litert, legacy):
         source = inspect.getsource(module)
         assert "subprocess" not in source and "_child.run" in source, module.__name__
-    assert _child.QUIET == {"TF_CPP_MIN_LOG_LEVEL": "3"}

@@ -1,7 +1,7 @@
 """helpers.savedmodel and helpers.disk: signature summaries, directory trees, and clear errors."""
 import subprocess
+import sys
 
-import numpy as np
 import pytest
 import tensorflow as tf
 
@@ -71,36 +71,37 @@ def test_checkpoint_folder_is_named_as_such(tmp_path):
         check_saved_model(tmp_path)
 
 
-def test_cli_runs_the_export_and_fails_on_keras3_saved_model(artifacts, tmp_path, capsys):
-    """The C++/TF1 loader runs model.export output but not tf.saved_model.save output (Keras 3)."""
-    root, model = artifacts
-    x = np.array([[1., 2., 3.]], dtype=np.float32)
-    np.save(tmp_path / "x.npy", x)
-    saved_model_cli("run", "--dir", root / "exported" / "1", "--tag_set", "serve",
-                    "--signature_def", "serving_default", "--inputs", f"features={tmp_path / 'x.npy'}",
-                    "--outdir", tmp_path / "out")
-    out = capsys.readouterr().out
-    assert out.startswith("$ saved_model_cli run --dir ") and "exit status" not in out
-    np.testing.assert_allclose(np.load(tmp_path / "out" / "output_0.npy"), model(x), rtol=1e-6)
-
-    saved_model_cli("run", "--dir", root / "saved" / "1", "--tag_set", "serve",
-                    "--signature_def", "serving_default", "--inputs", f"inputs={tmp_path / 'x.npy'}",
-                    "--outdir", tmp_path / "out2")
-    assert "exit status 1: FailedPreconditionError" in capsys.readouterr().out
-
-
-def test_cli_output_is_cut_and_ops_line_dropped(monkeypatch, capsys):
-    # What the CLI printed is given, not run (a real run is above): the filter and the cut are ours.
+def test_cli_runs_the_plain_command_and_cuts_its_output(monkeypatch, capsys):
+    """What the CLI printed is given, not run (chapters 4 and 5 run it for real: exports that work,
+    a tf.saved_model.save folder that fails, a missing flag): the command, the environment (nothing
+    added), the ops-line filter and the cut are the helper's."""
     printed = "\n".join([f"line {i}" for i in range(8)] + ["The MetaGraph with tag set ['serve'] "
                          "contains the following ops: {'Const', 'MatMul'}"])
-    monkeypatch.setattr(_child, "run", lambda args, env=None: subprocess.CompletedProcess(args, 0, printed, ""))
+    calls = []
+
+    def fake_run(args, env=None):
+        calls.append((args, env))
+        return subprocess.CompletedProcess(args, 0, printed, "W0000 log line on stderr")
+    monkeypatch.setattr(_child, "run", fake_run)
     saved_model_cli("show", "--dir", "m/1", "--all", max_lines=5)
+    assert calls == [([sys.executable, "-m", "tensorflow.python.tools.saved_model_cli",
+                       "show", "--dir", "m/1", "--all"], None)]
     lines = capsys.readouterr().out.splitlines()
     assert lines == ["$ saved_model_cli show --dir m/1 --all", *[f"line {i}" for i in range(5)],
                      "... (output cut at max_lines=5)"]
     saved_model_cli("show", "--dir", "m/1", "--all", max_lines=10_000)
     out = capsys.readouterr().out
     assert "line 7" in out and "contains the following ops" not in out
+
+
+def test_cli_failure_prints_the_exit_status_and_the_final_error(monkeypatch, capsys):
+    stderr = ("W0000 log\nTraceback (most recent call last):\n  File \"x.py\", line 1\n"
+              "tensorflow.python.framework.errors_impl.FailedPreconditionError: Graph execution error:\n\n"
+              "Could not find variable dense/bias. This could mean more.\n")
+    monkeypatch.setattr(_child, "run", lambda args, env=None: subprocess.CompletedProcess(args, 1, "", stderr))
+    saved_model_cli("run", "--dir", "saved/1")
+    assert capsys.readouterr().out.splitlines()[-1] == (
+        "exit status 1: FailedPreconditionError: Graph execution error: Could not find variable dense/bias.")
 
 
 def test_tree_shows_sizes_and_nesting(artifacts):
