@@ -1,19 +1,17 @@
 """Chapter 11's canaries: each fires when nothing blocks it and stays silent when a defence does.
 
 The hostile artifacts are built here as the chapter builds them; their payload writes a canary file
-in the current folder (a pytest temporary folder), never anywhere else.
+in the current folder (a pytest temporary folder), never anywhere else. The sandbox has its own
+tests (tests/test_sandbox.py), and chapter 11 runs these files in it and asserts the outcome.
 """
 import io
 import json
 import os
 import tarfile
-import uuid
 import zipfile
 from pathlib import Path
 
 import pytest
-
-ROOT = Path(__file__).resolve().parent.parent
 
 
 def canaries(folder="."):
@@ -181,29 +179,3 @@ def test_get_file_skips_a_traversing_archive_member(tmp_path, monkeypatch):
     assert Path(extracted).resolve().is_relative_to((tmp_path / "cache").resolve()), extracted
     assert sorted(p.name for p in Path(extracted).iterdir()) == ["ok.txt"]
     assert not list(tmp_path.rglob("canary-*"))  # ../../ from the extraction folder is the cache
-
-
-def test_sandboxed_payloads_write_only_in_the_sandbox(artifacts, tmp_path, monkeypatch):
-    import shutil
-    from helpers.sandbox import run_sandboxed
-    token = uuid.uuid4().hex
-    box = tmp_path / "box"
-    shutil.copytree(artifacts, box)
-    clear(box)
-    monkeypatch.chdir(tmp_path)
-    watched = [Path.home(), Path("/tmp"), ROOT, ROOT / "notebooks", ROOT / "helpers"]
-    before = {folder: set(os.listdir(folder)) for folder in watched}
-    result = run_sandboxed(f"""
-        import keras, tensorflow as tf
-        tf.saved_model.load("hostile_savedmodel").signatures["serving_default"](x=tf.ones([1, 2]))
-        keras.saving.load_model("lambda.keras", safe_mode=False)
-        open("canary-{token}.txt", "w").write("x")
-    """, box)
-    assert result.ok, result.stderr[-2000:]
-    assert canaries(box) == sorted(["canary-savedmodel.txt", "canary-lambda.txt", f"canary-{token}.txt"])
-    assert canaries(tmp_path) == [] and canaries(artifacts) == []
-    for folder in watched:
-        new = set(os.listdir(folder)) - before[folder]
-        assert not [name for name in new if token in name or name.startswith("canary-")], folder
-    assert set(os.listdir(Path.home())) == before[Path.home()]
-    assert sorted(p.name for p in (result.home / ".keras").iterdir()) == ["keras.json"]
