@@ -23,7 +23,12 @@ import threading
 import numpy as np
 
 STEPS, INTERVAL = 60, 5
-TEST_KILLS = 20  # how often tests/test_when_training_dies.py kills `train` (the chapter quotes it)
+# Where tests/test_when_training_dies.py kills `train` (the chapter quotes their number): the first
+# save twice (before its merge, then before its state file), a save whose files are complete, two
+# kills between the same two saves, saves after max_to_keep starts deleting, and the last save.
+TEST_PLAN = [("merge", 5), ("state", 5), ("state", 10), ("step", 12), ("step", 13), ("merge", 25),
+             ("state", 40), ("step", 44), ("state", 55), ("merge", 60)]
+TEST_KILLS = len(TEST_PLAN)
 PHASES = {"step": "after a step", "merge": "in save(): shards in _temp, not merged",
           "state": "in save(): files written, state file not updated"}
 
