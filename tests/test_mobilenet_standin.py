@@ -18,11 +18,13 @@ from helpers.imagenet import OFFLINE_NOTE
 
 CHAPTER = Path(__file__).resolve().parent.parent / "notebooks" / "05_mobilenet.ipynb"
 DATASETS = ("grace_hopper.jpg", "ImageNetLabels.txt")
-# Left out: cells meant to fail, and slow cells whose outcome does not depend on the weights: the
-# child processes (saved_model_cli, the weightless conversion and the cells that use its result),
-# the fine-tuning step through TFSMLayer and the `.keras` round trip.
+# Left out: cells meant to fail, and cells whose outcome does not depend on MobileNet's weights
+# (nbval runs them with the real weights): the child processes (saved_model_cli, the weightless
+# conversion and the cells that use its result), the fine-tuning step through TFSMLayer, the
+# `.keras` round trip, and the small models and source listings of the LiteRT section.
 SLOW_OR_FAILING = ("saved_model_cli(", "convert_saved_model", "weightless", "wrapped.fit(",
-                   '"mobilenet.keras"')
+                   '"mobilenet.keras"', "ExportArchive()", "class Counter", "inspect.getsource",
+                   'find_spec("tf_keras")')
 
 
 def classify_and_export_cells(nb):
