@@ -33,3 +33,23 @@ def test_legacy_net_is_the_book_net_without_build():
     nets = legacy_nets()
     assert len(nets) == 2, "the appendix types Net in two legacy-Keras cells"
     assert all(net == expected for net in nets), "the appendix's legacy Net differs from helpers.toy.Net"
+
+
+def test_the_install_advice_pins_tf_keras_to_the_installed_tensorflow(monkeypatch):
+    """Colab runs TensorFlow 2.19 with tf-keras 2.19: the advice follows TensorFlow's minor version."""
+    import importlib.metadata
+    import importlib.util
+
+    import pytest
+    import tensorflow as tf
+
+    from helpers import legacy
+
+    assert legacy.tf_keras_install_command("2.19.0") == "pip install --no-deps 'tf-keras==2.19.*'"
+    here = legacy.tf_keras_install_command()
+    assert here == f"pip install --no-deps 'tf-keras=={'.'.join(tf.__version__.split('.')[:2])}.*'"
+    installed = importlib.metadata.version("tf-keras")  # the advice matches what this book installs
+    assert here.endswith(f"=={'.'.join(installed.split('.')[:2])}.*'")
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(RuntimeError, match=r"not installed: pip install --no-deps 'tf-keras==\d+\.\d+\.\*'"):
+        legacy.run_with_legacy_keras("print(1)")
