@@ -288,16 +288,34 @@ def load_differences(path=DIFFERENCES):
     return bool(data.get("enforce", True)), data.get("differences") or []
 
 
+def cell_index(nb, cell):
+    """(index, None) of the code cell an entry names, by index or by a line of its source (which
+    survives cells inserted above it); (None, why) when no cell or more than one matches."""
+    if isinstance(cell, int):
+        return cell, None
+    matches = [i for i, c in enumerate(nb.cells) if c.cell_type == "code" and cell in c.source]
+    if len(matches) != 1:
+        return None, f"{len(matches)} code cells contain {cell!r} (one must)"
+    return matches[0], None
+
+
 def verdict(stored, results, reviewed, base_versions):
     """Every problem of the run, one line each."""
     import nbformat
     problems, explained = [], set()
     listed = defaultdict(list)
+    notebooks = {name: nbformat.read(path, as_version=4) for name, path in stored.items()}
     for entry in reviewed:  # "chapter" is one file stem or a list of them (the same cell in each)
         for chapter in ([entry["chapter"]] if isinstance(entry["chapter"], str) else entry["chapter"]):
-            listed[(chapter, int(entry["cell"]))].append(entry)
+            if chapter not in notebooks:
+                continue
+            index, problem = cell_index(notebooks[chapter], entry["cell"])
+            if problem:
+                problems.append(f"{chapter}: colab/differences.yml entry {entry['differs']!r}: {problem}")
+            else:
+                listed[(chapter, index)].append(entry)
     for name, result in sorted(results.items()):
-        nb = nbformat.read(stored[name], as_version=4)
+        nb = notebooks[name]
         rules = sanitizers(stored[name].parent.parent)
         for index, message in unexpected_errors(nb, result):
             problems.append(f"{name} [{index}]: unexpected error {message}")

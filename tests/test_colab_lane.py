@@ -115,3 +115,17 @@ def test_problems_fail_the_lane_unless_enforcement_is_off(capsys):
 def test_a_stack_whose_python_is_missing_is_a_problem_not_a_crash():
     with pytest.raises(RuntimeError, match=r"no Python 9\.9 found"):
         colab_lane.stack_python("# python: 9.9\n")
+
+
+def test_an_entry_can_name_its_cell_by_a_line_of_source_which_must_match_one_cell(book):
+    """Cell indexes move whenever a chapter gains a cell above; a line of the cell's source does not."""
+    colab = {"01_x": result("TensorFlow 2.20.0 at 0x7f99\n")}
+    entry = {"chapter": "01_x", "cell": "versions", "differs": "version", "colab": "TensorFlow 2.20",
+             "sentence": SENTENCE}
+    assert colab_lane.verdict(book, colab, [entry], BASE) == ([], [])
+    nowhere = {**entry, "cell": "print(tf.__version__)"}
+    problems, _ = colab_lane.verdict(book, colab, [nowhere], BASE)
+    assert "0 code cells contain 'print(tf.__version__)' (one must)" in problems[0]
+    assert any("does not list it" in p for p in problems)
+    several = {**entry, "cell": "s"}  # in "setup", "versions", "fails"
+    assert "3 code cells contain 's'" in colab_lane.verdict(book, colab, [several], BASE)[0][0]
