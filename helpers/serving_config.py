@@ -80,6 +80,8 @@ def local_base_path(model, mount, root):
 def offline_layout(config, mount, root, workdir):
     """For each model, a folder under `workdir` that links only the version TF Serving's policy serves
     last (the newest served one): the offline engine serves the highest version folder it finds.
+    Links an earlier layout left there are replaced (a stale one would be served if it were higher);
+    a real folder there is not the layout's to delete and is refused.
     Returns {name: (folder, version)}; the versions TF Serving would serve beside it are not served."""
     layout = {}
     for model in config.model_config_list.config:
@@ -90,9 +92,11 @@ def offline_layout(config, mount, root, workdir):
             raise FileNotFoundError(f"model '{model.name}': none of the versions its policy serves is under {base}")
         folder = Path(workdir) / model.name
         folder.mkdir(parents=True, exist_ok=True)
-        link = folder / str(versions[-1])
-        if not link.exists():
-            os.symlink(os.path.abspath(base / str(versions[-1])), link)
+        for entry in folder.iterdir():
+            if not entry.is_symlink():
+                raise FileExistsError(f"{entry} is not a link offline_layout made: move it out of {folder}")
+            entry.unlink()
+        os.symlink(os.path.abspath(base / str(versions[-1])), folder / str(versions[-1]))
         layout[model.name] = folder, versions[-1]
     return layout
 

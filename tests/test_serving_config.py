@@ -106,6 +106,33 @@ def test_the_offline_layout_links_the_newest_served_version(repository, tmp_path
     assert sorted(p.name for p in (tmp_path / "toy").iterdir()) == ["3"]
 
 
+def test_a_second_layout_leaves_no_stale_link(repository, tmp_path):
+    """The engine serves the highest version folder it finds: a link left by an earlier layout (another
+    config, another root, or a target since deleted) must not survive into the next one."""
+    models = repository / "models"
+    offline_layout(read_model_config(repository / "models.config"), "/models", models, tmp_path)
+    (tmp_path / "toy" / "7").symlink_to(tmp_path / "gone")  # a link whose target no longer exists
+    only_2 = write(tmp_path, CONFIG.replace("versions: 2 versions: 3", "versions: 2")
+                   .replace('version_labels { key: "canary" value: 3 }', ""), "only2.config")
+    layout = offline_layout(read_model_config(only_2), "/models", models, tmp_path)
+    assert layout["toy"] == (tmp_path / "toy", 2)
+    assert sorted(p.name for p in (tmp_path / "toy").iterdir()) == ["2"]
+    copy = tmp_path / "copy"  # the same models under another root: the link follows the new root
+    (copy / "toy").mkdir(parents=True)
+    (copy / "other").mkdir()
+    (copy / "toy" / "2").symlink_to(models / "toy" / "2")
+    (copy / "other" / "1").symlink_to(models / "other" / "1")
+    offline_layout(read_model_config(only_2), "/models", copy, tmp_path)
+    assert (tmp_path / "toy" / "2").readlink() == copy / "toy" / "2"
+
+
+def test_a_layout_never_deletes_a_real_folder(repository, tmp_path):
+    (tmp_path / "toy" / "9").mkdir(parents=True)  # not a link the layout made: the reader's own files
+    with pytest.raises(FileExistsError, match="toy/9"):
+        offline_layout(read_model_config(repository / "models.config"), "/models", repository / "models", tmp_path)
+    assert (tmp_path / "toy" / "9").is_dir()
+
+
 def test_servers_are_stopped_even_when_the_block_fails(repository, tmp_path):
     """No server process, child process or listening port is left behind (issue 15). One server is
     enough here: that every server of a layout is stopped is the next test's (a failed start stops
