@@ -130,10 +130,14 @@ class RequestGuard:
         """The work a POST to `path` asks for, or a Refused in TF Serving's words."""
         if (v1 := V1_PREDICT.match(path)):
             name, version, label, method = v1.groups()
-            if method.lower() != "predict":
-                raise Refused(501, f"this engine answers :predict only (TF Serving also answers :{method.lower()})")
             if version is not None and (len(version) > 19 or int(version) > INT64_MAX):
                 raise Refused(400, f"Failed to convert version: {version[:40]} to numeric.")
+            # the pattern ignores case, but the method is compared as written (http_rest_api_handler.cc
+            # :85-96): ":PREDICT" is a malformed request there
+            if method in ("classify", "regress"):
+                raise Refused(501, f"this engine answers :predict only (TF Serving also answers :{method})")
+            if method != "predict":
+                raise Refused(400, f"Malformed request: POST {path[:200]}")
             self._check_servable(name, version, label)
             return self.servable.predict_v1_body
         if (v2 := V2_INFER.match(path)):
@@ -159,7 +163,7 @@ class RequestGuard:
             raise Refused(400, "Missing model name in request.")
         if version is not None and (len(version) > 19 or int(version) > INT64_MAX):
             raise Refused(400, f"Failed to convert version: {version[:40]} to numeric.")
-        if metadata:
+        if metadata == "metadata":  # as written: "/METADATA" gets the status (http_rest_api_handler.cc:98)
             self._check_servable(name, version, label)
             return self.servable.metadata()
         if name != self.servable.name:

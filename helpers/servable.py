@@ -187,13 +187,14 @@ class SavedModelServable(kserve.Model):
     def predict_v1(self, payload, scan=True):
         """TF Serving's V1 predict: a decoded JSON body in, the reply's dict out (raises InvalidInput)."""
         # TF Serving's checks, in its order and words (json_tensor.cc ParseJson, FillSignature,
-        # FillPredictRequestFromJson); its FormatError quotes the request, at most 256 bytes of it
+        # FillPredictRequestFromJson); its FormatError quotes the request (cut at 256 bytes here: tf_serving_json.debug_string)
         if not isinstance(payload, dict):
             raise InvalidInput(format_error(payload, "Is not object"))
         name = payload.get("signature_name", "serving_default")
         if not isinstance(name, str):
             raise InvalidInput(format_error(payload, "not formatted correctly. 'signature_name' key must be a "
                                                      "string value."))
+        name = name or "serving_default"  # an empty name means the default (http_rest_api_handler.cc:233-234)
         if name not in self.signatures:
             raise InvalidInput(f'Serving signature name: "{debug_string(name)[1:-1]}" not found in signature def')
         keys = {"instances", "inputs"} & set(payload)

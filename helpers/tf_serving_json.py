@@ -1,6 +1,6 @@
 """TF Serving's JSON contract: how request bodies are read and replies written, in its words and types,
 apart from the engine so these rules (NaN/Infinity literals, TF Serving's decimals, {"b64": ...},
-error texts that quote at most 256 bytes of the request) read alone.
+error texts that quote the request, cut at 256 bytes) read alone.
 
 Source: tensorflow/serving `tensorflow_serving/util/json_tensor.cc` (ParseJson, WriteDecimal,
 JsonValueToDebugString, FormatError) at commit 9d981c5. Nothing here recurses on the request's
@@ -148,7 +148,9 @@ def _write(value, out):
 
 def debug_string(value, limit=DEBUG_STRING_BYTES):
     """`value` as TF Serving quotes it in an error (JsonValueToDebugString: rapidjson's PrettyWriter
-    with one-line arrays), cut after `limit` bytes. Iterative: any nesting depth is fine."""
+    with one-line arrays), cut after `limit` bytes. TF Serving stops only before the next token once
+    `limit` bytes are written, so its quote can be longer (a long string is quoted whole); this
+    engine cuts at `limit`. Numbers are written as Python writes them. Iterative: any nesting depth is fine."""
     out, size, stack = [], 0, [(value, 0, None)]
     while stack and size < limit:
         item, indent, piece = stack.pop()
@@ -171,7 +173,7 @@ def debug_string(value, limit=DEBUG_STRING_BYTES):
             for i, member in enumerate(item):
                 if i:
                     todo.append((None, 0, ", "))
-                todo.append((member, indent, None))
+                todo.append((member, indent + 4, None))  # rapidjson indents by every open level
             todo.append((None, 0, "]"))
             stack.extend(reversed(todo))
             out.append("[")
@@ -190,7 +192,7 @@ def _scalar_text(value):
 
 
 def format_error(document, message):
-    """TF Serving's FormatError: `JSON Value: <the value, at most 256 bytes> <message>`."""
+    """TF Serving's FormatError: `JSON Value: <the value, cut at 256 bytes here> <message>`."""
     return f"JSON Value: {debug_string(document)} {message}"
 
 

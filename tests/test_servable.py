@@ -192,6 +192,9 @@ def test_accepted_values(servable):
     assert answer(servable, {"signature_name": "double", "inputs": [1, -2 ** 31 // 2]})["outputs"] == [2, -2 ** 31]
     assert answer(servable, {"signature_name": "length", "inputs": ["abc", {"b64": "AAEC"}]})["outputs"] == [3, 3]
     np.testing.assert_allclose(answer(servable, {"instances": [[1, 2, 3]]})["predictions"], expected([[1, 2, 3]]))
+    # an empty name means serving_default, as in TF Serving (http_rest_api_handler.cc:233-234)
+    np.testing.assert_allclose(answer(servable, {"signature_name": "", "instances": [[1, 2, 3]]})["predictions"],
+                               expected([[1, 2, 3]]))
 
 
 def test_signatures_with_several_inputs_are_refused_at_load(tmp_path):
@@ -215,7 +218,7 @@ def test_warm_up_runs_the_model_so_it_is_off_by_default(tmp_path):
     module.f = f
     tf.saved_model.save(module, str(tmp_path / "m" / "1"), signatures={"serving_default": module.f})
     SavedModelServable("m", str(tmp_path / "m")).load()
-    assert not canary.exists()  # loading alone runs nothing of the model
+    assert not canary.exists()  # loading ran nothing of this model (it has no resource initializers)
     SavedModelServable("m", str(tmp_path / "m")).load(warmup=True)
     assert canary.read_text() == "ran"  # warm-up calls the signature: the model's ops run
 

@@ -20,3 +20,11 @@ def test_parse_errors_in_tf_servings_words(body, message):
     with pytest.raises(InvalidInput) as error:
         decode_json(body)
     assert error.value.reason == message
+
+
+def test_quotes_are_laid_out_as_rapidjsons_pretty_writer_writes_them():
+    # json_tensor.cc:229-236: PrettyWriter, arrays on one line; prettywriter.h's WriteIndent indents
+    # a key by 4 spaces per open level, arrays included
+    from helpers.tf_serving_json import debug_string
+    quoted = debug_string({"instances": [{"x": [1, 2]}, {}], "s": "a"})
+    assert quoted == '{\n    "instances": [{\n            "x": [1, 2]\n        }, {}],\n    "s": "a"\n}'
