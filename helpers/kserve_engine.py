@@ -193,6 +193,9 @@ def main(argv=None):
     parser.add_argument("--keep_running_without_parent", action="store_true",
                         help="do not exit when the process that started this server exits")
     args = parser.parse_args(argv)
+    # Its output is usually a log file read while it runs: write it line by line (standard error,
+    # where KServe and uvicorn log, is line-buffered already; uvicorn's access lines go to stdout).
+    sys.stdout.reconfigure(line_buffering=True)
     if not args.keep_running_without_parent:
         exit_with_parent(model_name=args.model_name)
     model = SavedModelServable(args.model_name, args.model_base_path)

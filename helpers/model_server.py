@@ -16,10 +16,12 @@ import time
 from pathlib import Path
 
 # A log line that reports an error: an OS error ("[Errno 98] ... address already in use"), a
-# Python exception line, a log record at level ERROR/CRITICAL, TF Serving's glog "E1126 ..." lines
-# and its "No versions of servable". Not every line that contains "error" ("uvicorn.error INFO").
+# Python exception line, a log record at level ERROR/CRITICAL, TensorFlow's C++ error lines
+# ("E1126 ..." or "2026-11-26 12:00:00.000000: E file.cc:453] ...") and TF Serving's warning "No
+# versions of servable" (it waits for a version then). Not every line that contains "error"
+# ("uvicorn.error INFO").
 ERROR_LINE = re.compile(r"\[Errno \d+\]|^\s*(\w+\.)*\w*(Error|Exception)\b:|\b(ERROR|CRITICAL)\b|"
-                        r"^E\d{4} |No versions of servable")
+                        r"^E\d{4} |^[\d-]+ [\d:.]+: E |No versions of servable")
 
 
 def free_port(host="127.0.0.1"):
@@ -60,6 +62,13 @@ def listens_on(pid, port):
     except (psutil.NoSuchProcess, psutil.AccessDenied):
         pass
     return False
+
+
+def version_folders(base_path):
+    """The integer-named folders under `base_path` (a model server serves the highest)."""
+    base = Path(base_path)
+    return sorted((p for p in base.iterdir() if p.is_dir() and re.fullmatch(r"[0-9]+", p.name)),
+                  key=lambda p: int(p.name)) if base.is_dir() else []
 
 
 def grpc_socket_path(model_name, port):
@@ -106,7 +115,8 @@ class ModelServer:
 
     `engine` is "tensorflow_model_server" when that binary is on PATH, else "kserve".
     The server's output goes to a temporary file, `log_path`, removed by `stop()` unless `keep_log`.
-    `warmup=True` (KServe engine) calls the model once at start-up: that runs the model's code.
+    Loading a SavedModel already runs its restore and its resources' initializers; `warmup=True`
+    (KServe engine) also calls every signature once at start-up.
     """
 
     def __init__(self, model_name, model_base_path, port=None, engine=None, max_request_bytes=None,
@@ -139,19 +149,32 @@ class ModelServer:
                               self.max_request_bytes, self.warmup, grpc) + self.extra_flags
 
     def launch(self):
-        """Start the server process and return at once (`wait_ready()` waits for it)."""
-        env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONUNBUFFERED": "1"}
+        """Start the server process and return at once (`wait_ready()` waits for it): the `Popen`
+        call chapter 7 makes by hand, in the caller's environment and process group, its output
+        going to a temporary log file."""
         descriptor, self.log_path = tempfile.mkstemp(prefix=f"{self.model_name}-server-", suffix=".log")
         with os.fdopen(descriptor, "wb") as log:
-            self.process = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT,
-                                            env=env, start_new_session=True)
+            self.process = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT)
         atexit.register(self.stop)  # a kernel that exits stops its server; the KServe engine also
         return self  # exits by itself when its parent is killed (helpers.kserve_engine.exit_with_parent)
+
+    def check(self):
+        """Refuse a base path that is a version folder itself (it holds a saved_model.pb): TF Serving
+        finds no integer-named version folder in it, logs a warning and waits for one with no time
+        limit (file_system_storage_path_source.cc:313-320, server_core.cc:391)."""
+        base = Path(self.model_base_path)
+        if (base / "saved_model.pb").exists() and not version_folders(base):
+            raise FileNotFoundError(f"No versions of servable {self.model_name} found under base path {base}: "
+                                    f"it holds a saved_model.pb, so it is a version folder itself: pass its "
+                                    f"parent, {base.parent}")
+        return self
 
     def wait_ready(self, timeout=120):
         """Wait until this server's own process listens on the port and `GET /v1/models/<name>`
         reports a version AVAILABLE (another program answering on the port does not count; TF
-        Serving answers 200 already while a version is still LOADING)."""
+        Serving answers 200 already while a version is still LOADING). A tensorflow_model_server
+        that logs `Failed to start HTTP Server` (its REST port is taken: it would run on without
+        REST, server.cc:446-454) is killed and reported at once."""
         import requests
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -160,6 +183,14 @@ class ModelServer:
                 self._remove_log()
                 raise RuntimeError(f"the {self.engine} server exited with status "
                                    f"{self.process.returncode}: {error}")
+            if self.engine == "tensorflow_model_server" and self._log_says("Failed to start HTTP Server"):
+                # TF Serving runs on without REST when its port is taken (server.cc:446-454)
+                error = self.last_error()
+                self.process.kill()  # not stop(): the port it waits to see closed is another's
+                self.process.wait()
+                self._remove_log()
+                Path(grpc_socket_path(self.model_name, self.port)).unlink(missing_ok=True)
+                raise RuntimeError(f"the {self.engine} server could not open its REST port: {error}")
             if listens_on(self.process.pid, self.port):
                 try:
                     if is_available(requests.get(f"{self.url}/v1/models/{self.model_name}", timeout=1)):
@@ -169,12 +200,17 @@ class ModelServer:
             time.sleep(0.2)
         self.keep_log = True
         self.stop()
-        raise TimeoutError(f"the {self.engine} server did not become ready in {timeout} s; "
-                           f"log kept: {self.log_path}")
+        raise TimeoutError(f"the {self.engine} server did not become ready in {timeout} s: "
+                           f"{self.last_error()} (log kept: {self.log_path})")
 
     def start(self, timeout=120):
-        """Start the server and wait until it is ready (`launch()`, then `wait_ready()`)."""
-        return self.launch().wait_ready(timeout)
+        """Check the base path, start the server and wait until it is ready (`check()`, `launch()`,
+        then `wait_ready()`)."""
+        return self.check().launch().wait_ready(timeout)
+
+    def _log_says(self, text):
+        return bool(self.log_path) and Path(self.log_path).exists() and \
+            text in Path(self.log_path).read_text(errors="replace")
 
     def last_error(self):
         """The last line of the server log that reports an error (else its last line)."""
@@ -190,7 +226,9 @@ class ModelServer:
 
     def stop(self, timeout=15):
         """Stop the server by its PID (SIGTERM, then SIGKILL), wait until its port is closed, remove
-        its log (unless `keep_log`), and return its exit status (None if it was never started)."""
+        its log (unless `keep_log`), and return its exit status (None if it was never started): 0
+        from the KServe engine, -15 (killed by SIGTERM) from tensorflow_model_server, which sets no
+        handler for it."""
         if self.process is None:
             return None
         if self.process.poll() is None:
