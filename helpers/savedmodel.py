@@ -39,7 +39,8 @@ def check_saved_model(path):
                 f"'{path}' has saved_model.pb but no '{index}': its variables folder is missing "
                 "or incomplete (a partial copy?), so loading it fails")
         return path
-    versions = sorted(p.name for p in path.iterdir() if p.is_dir() and p.name.isdigit())
+    versions = sorted((p.name for p in path.iterdir() if p.is_dir() and p.name.isascii() and p.name.isdigit()),
+                      key=int)
     if versions:
         raise NotASavedModelError(
             f"'{path}' holds version folders {versions}, not a SavedModel: pass "

@@ -45,6 +45,15 @@ def test_version_parent_folder_is_explained(artifacts):
         check_saved_model(root / "exported")
 
 
+def test_version_folders_are_ordered_as_numbers(tmp_path):
+    """TF Serving serves the highest version number: 10 comes after 9, not before it."""
+    for version in ("9", "10", "2"):
+        (tmp_path / version).mkdir()
+    with pytest.raises(NotASavedModelError,
+                       match=r"holds version folders \['2', '9', '10'\].*pass '.*10'"):
+        check_saved_model(tmp_path)
+
+
 @pytest.mark.parametrize("make, message", [
     (lambda d: d / "missing", "does not exist"),
     (lambda d: (d / "m.keras").write_bytes(b"PK") and d / "m.keras", "is a Keras file"),
