@@ -78,12 +78,10 @@ class SavedModelServable(kserve.Model):
             return False
         if version <= self.version or not (path / "saved_model.pb").exists():
             return False
-        old = self.version
-        self._swap(version, path, warmup)
-        self.ended.insert(0, old)
+        self._swap(version, path, warmup, ended=[self.version] + self.ended)
         return True
 
-    def _swap(self, version, path, warmup):
+    def _swap(self, version, path, warmup, ended=None):
         loaded = tf.saved_model.load(str(path))
         signatures, inputs = dict(loaded.signatures), {}
         for key, fn in signatures.items():
@@ -97,9 +95,10 @@ class SavedModelServable(kserve.Model):
                 fn(**{name: tf.zeros([1 if d is None else d for d in spec.shape], spec.dtype)})
         metadata = signature_def_json(path)
         gc.unfreeze()  # so that the version this replaces can be collected below
-        # one assignment: a request sees the old version or the new one, never half of each
-        self._state = loaded, version, signatures, inputs, metadata
-        self._loaded, self.version, self.signatures, self.inputs, self._metadata = self._state
+        # one assignment: a request sees the old version or the new one, never half of each (a
+        # status request never sees the new version AVAILABLE without the old one END)
+        self._state = loaded, version, signatures, inputs, metadata, list(self.ended if ended is None else ended)
+        self._loaded, self.version, self.signatures, self.inputs, self._metadata, self.ended = self._state
         # Keep the loaded objects out of the cyclic garbage collector: otherwise every full
         # collection scans TensorFlow's ~300k objects and adds ~140 ms to some requests.
         gc.collect()
@@ -108,7 +107,8 @@ class SavedModelServable(kserve.Model):
     def status(self, version=None):
         """TF Serving's model status (GetModelStatusResponse as JSON): the served version AVAILABLE,
         earlier ones END; one version if asked (KeyError if this engine never served it)."""
-        rows = [(self.version, "AVAILABLE")] + [(v, "END") for v in self.ended]
+        _, served, _, _, _, ended = self._state
+        rows = [(served, "AVAILABLE")] + [(v, "END") for v in ended]
         if version is not None:
             rows = [row for row in rows if row[0] == version]
             if not rows:

@@ -2,6 +2,7 @@
 rules and texts), warm-up, the replies' JSON; the parser and the request gate have their own test files."""
 import base64
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -229,6 +230,26 @@ def test_latest_version_is_the_highest_integer(tmp_path):
     assert latest_version(tmp_path, "m") == (10, tmp_path / "10")
     with pytest.raises(FileNotFoundError, match="No versions of servable m found under base path"):
         latest_version(tmp_path / "notes", "m")
+
+
+def test_a_status_request_never_sees_the_new_version_available_without_the_old_one_ended(tmp_path, monkeypatch):
+    """Chapter 7's version-3 solution stops polling once 3 is AVAILABLE and prints every state: the
+    swap and the END of the old version must be one change (they were two, and a status request
+    between them saw 3 AVAILABLE and no 2)."""
+    import helpers.servable as servable_module
+    module = tf.Module()
+    module.f = tf.function(lambda x: {"y": x}, input_signature=[tf.TensorSpec([None], tf.float32, name="x")])
+    tf.saved_model.save(module, str(tmp_path / "m" / "1"), signatures={"serving_default": module.f})
+    served = SavedModelServable("m", str(tmp_path / "m"))
+    served.load()
+    shutil.copytree(tmp_path / "m" / "1", tmp_path / "m" / "2")
+    seen = []
+    freeze = servable_module.gc.freeze
+    monkeypatch.setattr(servable_module.gc, "freeze", lambda: (seen.append(served.status()), freeze()))
+    assert served.load_newer()  # gc.freeze runs inside the swap, after the new version is set
+    expected = [("2", "AVAILABLE"), ("1", "END")]
+    for status in seen + [served.status()]:
+        assert [(v["version"], v["state"]) for v in status["model_version_status"]] == expected
 
 
 # Issue 20, attacks 1-8: client input that reached a 500 (or a 200 that V1 refuses) before; each is
