@@ -146,7 +146,7 @@ def test_the_chapters_real_server_cells_read_tf_servings_documented_answers(real
     assert lines[3] == "['__saved_model_init_op', 'serving_default'] DT_FLOAT ['-1', '224', '224', '3']"
     assert lines[4] == "versions/2:predict -> 200 (a prediction)"
     assert lines[5] == "versions/1:predict -> 404 Servable not found for request: Specific(mobilenet, 1)"
-    assert lines[6].startswith("{'version': '3', 'state': 'AVAILABLE'")
+    assert lines[6] == "[('3', 'AVAILABLE'), ('2', 'END')]"  # the default policy unloads 2 once 3 is loaded
     assert lines[7] == "versions/3:predict -> 200"
     printed = run_cells(namespace, "print(\"exit status:\", server.stop())")
     assert printed.splitlines() == ["exit status: -15", "port still open: False", "log file left: False"]
