@@ -56,12 +56,12 @@ def run_cells(namespace, *markers):
     return out.getvalue()
 
 
-def test_model_server_puts_grpc_on_a_socket_file_so_two_servers_can_run(real_server_on_path):
+def test_model_server_puts_grpc_on_a_socket_file_so_two_servers_share_no_port(real_server_on_path):
     first = ModelServer("mobilenet", "models/mobilenet")
     second = ModelServer("mobilenet", "models/mobilenet")
     assert first.engine == "tensorflow_model_server"
     assert first.command()[-2:] == ["--port=0", f"--grpc_socket_path={grpc_socket_path('mobilenet', first.port)}"]
-    with first, second:  # without --port=0 both would listen for gRPC on port 8500
+    with first, second:  # without --port=0 both would listen for gRPC on port 8500 (sharing it, serving#1288)
         assert port_is_open(first.port) and port_is_open(second.port)
         assert Path(grpc_socket_path("mobilenet", first.port)).exists()
         for server in (first, second):  # started as chapter 7's Popen: no variable added, same process group
