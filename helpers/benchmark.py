@@ -142,6 +142,11 @@ def reset_peak_memory():
     return _status_bytes("VmRSS")
 
 
+def resident_memory():
+    """This process's resident bytes now (VmRSS): what it holds at this moment, peak aside."""
+    return _status_bytes("VmRSS")
+
+
 def peak_memory():
     """This process's peak resident bytes since start or the last `reset_peak_memory` (VmHWM)."""
     return _status_bytes("VmHWM")
@@ -432,24 +437,16 @@ def summary(size):
 
 
 def load_results(path=None):
-    """The committed benchmark data: benchmarks/formats.json of this checkout, or, where the
-    helpers were pip-installed from the book's repository (Colab), that commit's file on GitHub."""
-    import importlib.metadata
-    import urllib.request
-    path = Path(path) if path else Path(__file__).resolve().parent.parent / "benchmarks" / "formats.json"
-    if path.exists():
+    """The committed benchmark data: `path` if given, else benchmarks/formats.json as
+    `helpers.measurements` finds it (this checkout, or the copy shipped inside the installed
+    package), so no chapter needs the repository or the network for it."""
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"'{path}' does not exist: run scripts/benchmark_formats.py --out {path}")
         return json.loads(path.read_text())
-    try:
-        origin = json.loads(importlib.metadata.distribution("ckpt-vs-savedmodel-helpers")
-                            .read_text("direct_url.json") or "{}")
-    except importlib.metadata.PackageNotFoundError:
-        origin = {}
-    url, commit = origin.get("url", ""), origin.get("vcs_info", {}).get("commit_id", "main")
-    if not url.startswith("https://github.com/"):
-        raise FileNotFoundError(f"'{path}' does not exist: run scripts/benchmark_formats.py to make it")
-    raw = url.replace("https://github.com/", "https://raw.githubusercontent.com/").removesuffix(".git")
-    with urllib.request.urlopen(f"{raw}/{commit}/benchmarks/formats.json", timeout=30) as reply:
-        return json.loads(reply.read())
+    from helpers import measurements
+    return measurements.load("formats")
 
 
 def main(argv=None):

@@ -117,3 +117,47 @@ def test_committed_data_covers_every_format_at_three_sizes_up_to_a_gigabyte():
         for fmt, r in size["formats"].items():
             assert len(r["save"]["durable"]["samples"]) == data["method"]["repeats"], fmt
             assert ("load" in r) == (fmt not in benchmark.SAME_FILES_AS), fmt
+
+
+def test_load_results_reads_the_shipped_measurements_without_the_network(tmp_path, monkeypatch):
+    """Chapters 9 and 12 read benchmarks/formats.json through helpers.measurements (package data):
+    no repository checkout and no download is needed."""
+    import urllib.request
+
+    def no_network(*args, **kwargs):
+        raise AssertionError("load_results went to the network")
+
+    monkeypatch.setattr(urllib.request, "urlopen", no_network)
+    assert benchmark.load_results() == json.loads(DATA.read_text())
+    other = tmp_path / "mine.json"
+    other.write_text('{"sizes": []}')
+    assert benchmark.load_results(other) == {"sizes": []}
+    with pytest.raises(FileNotFoundError, match="nothing.json' does not exist"):
+        benchmark.load_results(tmp_path / "nothing.json")
+
+
+def test_resident_memory_sees_pages_that_are_touched():
+    import numpy as np
+    before = benchmark.resident_memory()
+    block = np.ones(64 * 2**20, np.uint8)  # 64 MiB, every page written
+    assert benchmark.resident_memory() - before > 48 * 2**20
+    assert benchmark.peak_memory() >= benchmark.resident_memory()
+    del block
+
+
+def test_an_installed_package_reads_its_own_copy_of_the_data(tmp_path):
+    """As pip installs it (helpers/ with benchmarks/ inside, no checkout around it), load_results
+    still finds formats.json: the copy the wheel ships (pyproject.toml's package data)."""
+    import shutil
+    import subprocess
+    import sys
+    root = DATA.parent.parent
+    installed = tmp_path / "site" / "helpers"
+    shutil.copytree(root / "helpers", installed, ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(root / "benchmarks", installed / "benchmarks")
+    # -S: no site-packages, so this checkout's own install cannot answer instead of the copy
+    read = subprocess.run([sys.executable, "-S", "-c", "import json; from helpers import benchmark; "
+                           "print(json.dumps(benchmark.load_results()))"],
+                          cwd=tmp_path / "site", capture_output=True, text=True, timeout=60)
+    assert read.returncode == 0, read.stderr[-500:]
+    assert json.loads(read.stdout) == json.loads(DATA.read_text())
