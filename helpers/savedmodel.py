@@ -3,6 +3,7 @@
 Functions take the SavedModel *directory* (the one holding `saved_model.pb`) and raise
 `NotASavedModelError` / `MissingSignatureError` naming the path or signature at fault.
 """
+import shlex
 import sys
 from pathlib import Path
 
@@ -86,8 +87,8 @@ UNORDERED_OPS_LINE = "contains the following ops:"
 
 
 def saved_model_cli(*args, max_lines=16):
-    """Run `saved_model_cli ARGS` with this Python and print its standard output (and its exit
-    status if not 0).
+    """Run `saved_model_cli ARGS` with this Python and print the command, quoted so that it can be
+    pasted into a shell, then its standard output (and its exit status if not 0).
 
     The same command as typing `saved_model_cli ...` in a shell, in this environment, with no
     variable or flag added. What is printed differs: the list of ops that `show --all` prints is
@@ -98,7 +99,7 @@ def saved_model_cli(*args, max_lines=16):
     if max_lines < 0:
         raise ValueError(f"max_lines must be 0 or more, got {max_lines}")
     result = _child.run([sys.executable, "-m", "tensorflow.python.tools.saved_model_cli", *args])
-    print("$ saved_model_cli " + " ".join(map(str, args)))
+    print("$ " + shlex.join(["saved_model_cli", *map(str, args)]))  # pasteable into a shell
     lines = [line for line in result.stdout.splitlines() if UNORDERED_OPS_LINE not in line]
     for line in lines[:max_lines]:
         print(line)

@@ -103,6 +103,18 @@ def test_cli_runs_the_plain_command_and_cuts_its_output(monkeypatch, capsys):
     assert "line 7" in out and "contains the following ops" not in out
 
 
+def test_cli_prints_a_command_a_shell_runs_as_given(monkeypatch, capsys):
+    """The printed line is quoted for a shell: pasted into a terminal, it passes the same arguments."""
+    monkeypatch.setattr(_child, "run", lambda args, env=None: subprocess.CompletedProcess(args, 0, "", ""))
+    args = ["run", "--dir", "my models/1", "--input_exprs", "x=[1.0, 2.0]"]
+    saved_model_cli(*args)
+    printed = capsys.readouterr().out.splitlines()[0]
+    assert printed == "$ saved_model_cli run --dir 'my models/1' --input_exprs 'x=[1.0, 2.0]'"
+    shell = subprocess.run(["sh", "-c", 'printf "%s\\n" ' + printed.removeprefix("$ saved_model_cli ")],
+                           capture_output=True, text=True)
+    assert shell.stdout.splitlines() == args
+
+
 def test_cli_failure_prints_the_exit_status_and_the_final_error(monkeypatch, capsys):
     stderr = ("W0000 log\nTraceback (most recent call last):\n  File \"x.py\", line 1\n"
               "tensorflow.python.framework.errors_impl.FailedPreconditionError: Graph execution error:\n\n"
