@@ -143,7 +143,12 @@ def translated_fragment_parser(base):
             for pattern, escaped in BLOCK_START:
                 inputstring = pattern.sub(escaped, inputstring, count=1)
             super().parse(inputstring, document)
-            if not (len(document.children) == 1 and isinstance(document[0], nodes.paragraph)):
+            only = document[0] if len(document.children) == 1 else None
+            # Sphinx translates a title outside a section (an admonition's) as "msgstr" underlined
+            # with "=" (sphinx.transforms.i18n.Locale, phase 2): one section holding only that title
+            title = (isinstance(only, nodes.section) and len(only.children) == 1
+                     and isinstance(only[0], nodes.title) and re.search(r"\n=+\s*$", inputstring))
+            if not (isinstance(only, nodes.paragraph) or title):
                 logger.warning("this translation is not one paragraph, so Sphinx ignores it: %r",
                                inputstring[:80], location=(env.docname, None), type="i18n")
     return Parser

@@ -185,3 +185,16 @@ def test_a_changed_english_sentence_turns_fuzzy_and_the_chinese_page_shows_it_in
     page = html.unescape(re.sub(r"<[^>]+>", "", (tmp_path / "zh" / "glossary.html").read_text()))
     assert new in page and chinese_before[:12] not in page  # the fuzzy translation is not shown
     assert "检查点（Checkpoint）" in page  # the others still are
+
+
+def test_a_translated_admonition_title_builds_without_warning_and_shows(tmp_path):
+    """Sphinx parses a title outside a section (an admonition's) as a one-title section; the
+    extension's one-paragraph check must accept it, and the Chinese title must show."""
+    book = mini_book(tmp_path)
+    with open(book / "glossary.md", "a") as f:
+        f.write("\n```{admonition} Which Keras?\n:class: note\nA note.\n```\n")
+    with open(book / "locales" / LANGUAGE / "LC_MESSAGES" / "glossary.po", "a") as f:
+        f.write('\nmsgid "Which Keras?"\nmsgstr "用的是哪个 Keras？"\n')
+    result = translation.build(LANGUAGE, source=book, output=tmp_path / "zh", work=tmp_path / "work")
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    assert "用的是哪个 Keras？" in (tmp_path / "zh" / "glossary.html").read_text()
