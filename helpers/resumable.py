@@ -297,10 +297,10 @@ class Launcher:
 
     def __init__(self):
         self._log = tempfile.NamedTemporaryFile(prefix="launcher-", suffix=".log", delete=False)
-        env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONUNBUFFERED="1")
+        # This process's environment, unchanged: stderr (TensorFlow's log lines) goes to the log file.
         self.process = subprocess.Popen([sys.executable, "-m", "helpers.resumable", "--serve"],
                                         stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                        stderr=self._log, env=env)
+                                        stderr=self._log)
         self._expect("ready")
 
     def start(self, func, **kwargs):
