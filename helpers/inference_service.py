@@ -1,6 +1,6 @@
-"""A KServe `InferenceService` manifest checked against KServe's own schema: the models generated from
-its CRD in the `kserve` package (`kserve.V1beta1InferenceService` and the classes it refers to, with
-Kubernetes' own from `kubernetes.client`).
+"""A KServe `InferenceService` manifest checked against the `kserve` package's model classes
+(`kserve.V1beta1InferenceService` and the classes it refers to, with Kubernetes' own from
+`kubernetes.client`), which openapi-generator makes from KServe's OpenAPI description.
 
 KServe 0.21's own `ApiClient().deserialize` cannot read a manifest (it looks for Kubernetes'
 `V1ObjectMeta` among KServe's models), and its generated classes accept a value of any type
