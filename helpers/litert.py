@@ -87,9 +87,10 @@ def run_signature(model_bytes, x, signature="serving_default"):
 def convert_saved_model(path):
     """`tf.lite.TFLiteConverter.from_saved_model(path).convert()`, run in a separate process.
 
-    Converting a Keras 3 `tf.saved_model.save` directory gives a weightless model on TF 2.21,
-    but on TF 2.16 it aborts the whole process (`LLVM ERROR: Failed to infer result type(s)`),
-    which in a notebook kills the kernel. In a child process that becomes a RuntimeError.
+    Converting a Keras 3 `tf.saved_model.save` directory gives a weightless model on TF 2.21;
+    on TF 2.16 such conversions can abort the whole process (`LLVM ERROR: Failed to infer result
+    type(s)`, tensorflow/tensorflow#63987), which in a notebook kills the kernel. In a child
+    process that becomes a RuntimeError.
     """
     with tempfile.TemporaryDirectory() as tmp:
         out = os.path.join(tmp, "model.tflite")

@@ -7,6 +7,7 @@ a kernel whose KERAS_HOME holds the guide's photo and label file but no `models/
 weight download is attempted and fails (there is no network here, and it fails fast).
 """
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -21,10 +22,11 @@ DATASETS = ("grace_hopper.jpg", "ImageNetLabels.txt")
 # Left out: cells meant to fail, and cells whose outcome does not depend on MobileNet's weights
 # (nbval runs them with the real weights): the child processes (saved_model_cli, the weightless
 # conversion and the cells that use its result), the fine-tuning step through TFSMLayer, the
-# `.keras` round trip, and the small models and source listings of the LiteRT section.
+# `.keras` round trip, the small models and source listings of the LiteRT section, and the
+# Keras 2 child process.
 SLOW_OR_FAILING = ("saved_model_cli(", "convert_saved_model", "weightless", "wrapped.fit(",
                    '"mobilenet.keras"', "ExportArchive()", "class Counter", "inspect.getsource",
-                   'find_spec("tf_keras")')
+                   'find_spec("tf_keras")', "run_with_legacy_keras")
 
 
 def classify_and_export_cells(nb):
@@ -64,6 +66,8 @@ def test_standin_runs_the_chapter_to_the_end(keras_home_without_weights, tmp_pat
     for line in ["same top-5: True",  # tf.saved_model.load
                  "bitwise equal to before saving: True",  # model.export
                  "TFSMLayer equal: True",
-                 "same top-5: True | within a relative 1e-05: True",  # LiteRT
                  "run_signature equals the runner: True"]:
         assert line in text, line
+    # LiteRT: the relative difference differs from the real weights' one, the verdict does not
+    assert re.search(r"same top-5: True \| largest difference / largest output < \S+ \| "
+                     r"within a relative 1e-05: True", text)
