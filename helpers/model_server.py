@@ -64,11 +64,18 @@ def listens_on(pid, port):
     return False
 
 
+def version_number(name):
+    """The version a folder name stands for, or None: ASCII digits within int64, as TF Serving parses
+    it (file_system_storage_path_source.cc:87-89 skips a name that does not parse); not str.isdigit(),
+    which accepts '²' (int() then fails) and '٢' (int() reads 2)."""
+    return int(name) if re.fullmatch(r"[0-9]+", name) and int(name) < 2 ** 63 else None
+
+
 def version_folders(base_path):
-    """The integer-named folders under `base_path` (a model server serves the highest)."""
+    """The version folders under `base_path`, lowest version first (a model server serves the highest)."""
     base = Path(base_path)
-    return sorted((p for p in base.iterdir() if p.is_dir() and re.fullmatch(r"[0-9]+", p.name)),
-                  key=lambda p: int(p.name)) if base.is_dir() else []
+    return sorted((p for p in base.iterdir() if p.is_dir() and version_number(p.name) is not None),
+                  key=lambda p: version_number(p.name)) if base.is_dir() else []
 
 
 def grpc_socket_path(model_name, port):
@@ -171,8 +178,10 @@ class ModelServer:
 
     def wait_ready(self, timeout=120):
         """Wait until this server's own process listens on the port and `GET /v1/models/<name>`
-        reports a version AVAILABLE (another program answering on the port does not count; TF
-        Serving answers 200 already while a version is still LOADING). A tensorflow_model_server
+        reports a version AVAILABLE (another program answering on the port does not count). At
+        start-up either engine answers only once its model has loaded; the state is read all the
+        same because the status answers 200 for a version still LOADING (a model added by a config
+        reload, get_model_status_impl.cc:95-106). A tensorflow_model_server
         that logs `Failed to start HTTP Server` (its REST port is taken: it would run on without
         REST, server.cc:446-454) is killed and reported at once."""
         import requests

@@ -13,6 +13,7 @@ import tensorflow as tf
 from kserve.errors import InvalidInput
 from kserve.utils.utils import generate_uuid
 
+from helpers.model_server import version_folders, version_number
 from helpers.tf_serving_json import (_fits, debug_string, decode_b64, decode_json, encode_json, format_error, leaves,
                                      tf_serving_values, type_error)
 
@@ -22,16 +23,15 @@ BYTES_SUFFIX = "_bytes"  # json_tensor.cc kBytesTensorNameSuffix: such outputs a
 
 
 def latest_version(base_path, model_name):
-    """The highest integer-named folder under `base_path`, as TF Serving picks it: (version, path)."""
-    base = Path(base_path)
-    versions = sorted((int(p.name), p) for p in base.iterdir() if p.is_dir() and p.name.isdigit()) \
-        if base.is_dir() else []
+    """The highest version folder under `base_path`, as TF Serving picks it: (version, path). Folder
+    names follow `helpers.model_server.version_number` (ASCII digits within int64; others skipped)."""
+    versions = version_folders(base_path)
     if not versions:
         # TF Serving's own words, so the error reads the same with either engine.
         raise FileNotFoundError(
             f"No versions of servable {model_name} found under base path {base_path}. "
             "The base path must be the parent of integer-named version folders (e.g. models/m/1/).")
-    return versions[-1]
+    return version_number(versions[-1].name), versions[-1]
 
 
 def signature_def_json(path):

@@ -9,6 +9,7 @@ import pytest
 import tensorflow as tf
 from kserve.errors import InvalidInput
 
+from helpers.model_server import version_folders
 from helpers.servable import SavedModelServable, latest_version
 from helpers.tf_serving_json import encode_json
 
@@ -230,6 +231,16 @@ def test_latest_version_is_the_highest_integer(tmp_path):
     assert latest_version(tmp_path, "m") == (10, tmp_path / "10")
     with pytest.raises(FileNotFoundError, match="No versions of servable m found under base path"):
         latest_version(tmp_path / "notes", "m")
+
+
+def test_latest_version_skips_names_that_are_not_ascii_integers(tmp_path):
+    """The rule of ModelServer.version_folders, and TF Serving's: a name that does not parse as an
+    int64 of ASCII digits is skipped (file_system_storage_path_source.cc:87-89), not a crash ('²' is
+    str.isdigit() but not int()) and not a version ('٢' would be version 2 to int())."""
+    for name in ("1", "²", "٢٢", "99999999999999999999"):  # the last is past int64: TF Serving skips it
+        (tmp_path / name).mkdir()
+    assert latest_version(tmp_path, "m") == (1, tmp_path / "1")
+    assert version_folders(tmp_path) == [tmp_path / "1"]
 
 
 def test_a_status_request_never_sees_the_new_version_available_without_the_old_one_ended(tmp_path, monkeypatch):
