@@ -1,14 +1,15 @@
 #!/usr/bin/env python
 """Latency and throughput of serving MobileNet over REST, against the in-process call.
 
-    .venv/bin/python scripts/benchmark_serving.py            # 3 rounds, about two minutes
+    .venv/bin/python scripts/benchmark_serving.py            # 3 rounds, about three minutes
     .venv/bin/python scripts/benchmark_serving.py --rounds 1 --requests 20
     .venv/bin/python scripts/benchmark_serving.py --robustness   # the figures under attack, a few minutes
 
 Each round starts a fresh server (its start-up time is measured), sends single-image requests one
 at a time, then from 4 concurrent clients, and stops it. Reported: medians over rounds of each
-round's p50 / p95, and throughput. One extra round runs the server with gc.freeze() made a
-no-op (`UnfrozenServer`). Writes benchmarks/serving.json, from which chapter 7 builds its latency
+round's p50 / p95, and throughput. Each round also times the in-process signature call and runs
+the server once more with gc.freeze() made a no-op (`UnfrozenServer`), so every figure is a median
+over the same rounds. Writes benchmarks/serving.json, from which chapter 7 builds its latency
 table, and prints the same numbers as a Markdown table.
 """
 import argparse
@@ -309,38 +310,49 @@ def main():
     # server does, so the client-side numbers are those of a light client, not of TF's GC scans.
     gc.collect()
     gc.freeze()
-    in_process = percentiles(timed(lambda: fn(image=tf.constant(x)), args.requests))
-    in_process_json = percentiles(timed(
-        lambda: json.dumps(fn(image=tf.constant(np.array(json.loads(body)["instances"], np.float32)))
-                           ["output_0"].numpy().tolist()), args.requests))
-    encode = percentiles(timed(lambda: json.dumps({"instances": x.tolist()}), args.requests))
-    in_process_rps = throughput(lambda: fn(image=tf.constant(x)), args.clients, args.requests)
 
-    rounds = [serve_round("mobilenet", x, body, args.requests, args.clients) for _ in range(args.rounds)]
-    no_freeze = serve_round("mobilenet", x, body, args.requests, args.clients, UnfrozenServer)
+    def in_process_round():
+        call = percentiles(timed(lambda: fn(image=tf.constant(x)), args.requests))
+        with_json = percentiles(timed(
+            lambda: json.dumps(fn(image=tf.constant(np.array(json.loads(body)["instances"], np.float32)))
+                               ["output_0"].numpy().tolist()), args.requests))
+        encode = percentiles(timed(lambda: json.dumps({"instances": x.tolist()}), args.requests))
+        return {"p50_ms": call[0], "p95_ms": call[1], "with_json_p50_ms": with_json[0],
+                "with_json_p95_ms": with_json[1], "client_json_dumps_p50_ms": encode[0],
+                "throughput_calls_per_s": throughput(lambda: fn(image=tf.constant(x)), args.clients,
+                                                     args.requests)}
 
-    def median(key, i=None):
-        values = [r[key] if i is None else r[key][i] for r in rounds]
-        return statistics.median(values)
+    # Every figure over the same rounds, taken in turn so that a busy spell of the machine hits all
+    # three kinds alike: the in-process call, the server, the server without gc.freeze().
+    local, rounds, no_freeze = [], [], []
+    for _ in range(args.rounds):
+        local.append(in_process_round())
+        rounds.append(serve_round("mobilenet", x, body, args.requests, args.clients))
+        no_freeze.append(serve_round("mobilenet", x, body, args.requests, args.clients, UnfrozenServer))
+
+    def median(runs, key, i=None):
+        return statistics.median(r[key] if i is None else r[key][i] for r in runs)
+
+    def served(runs):
+        return {"startup_s": median(runs, "startup_s"),
+                "pre_serialised_p50_ms": median(runs, "pre_serialised_ms", 0),
+                "pre_serialised_p95_ms": median(runs, "pre_serialised_ms", 1),
+                "full_client_p50_ms": median(runs, "full_client_ms", 0),
+                "full_client_p95_ms": median(runs, "full_client_ms", 1),
+                "throughput_rps": median(runs, "throughput_rps")}
 
     result = {
         "machine": f"{os.cpu_count()} CPU cores, {platform.machine()}, Python {platform.python_version()}, "
                    f"TensorFlow {tf.__version__}",
         "body_bytes": len(body), "requests_per_round": args.requests, "rounds": args.rounds,
         "clients": args.clients,
-        "server": {"startup_s": median("startup_s"),
-                   "pre_serialised_p50_ms": median("pre_serialised_ms", 0),
-                   "pre_serialised_p95_ms": median("pre_serialised_ms", 1),
-                   "full_client_p50_ms": median("full_client_ms", 0),
-                   "full_client_p95_ms": median("full_client_ms", 1),
-                   "throughput_rps": median("throughput_rps")},
-        "server_without_gc_freeze": {"pre_serialised_p50_ms": no_freeze["pre_serialised_ms"][0],
-                                     "pre_serialised_p95_ms": no_freeze["pre_serialised_ms"][1],
-                                     "throughput_rps": no_freeze["throughput_rps"]},
-        "in_process": {"p50_ms": in_process[0], "p95_ms": in_process[1],
-                       "with_json_p50_ms": in_process_json[0], "with_json_p95_ms": in_process_json[1],
-                       "client_json_dumps_p50_ms": encode[0], "throughput_calls_per_s": in_process_rps},
-        "rounds_raw": rounds, "no_freeze_raw": no_freeze,
+        "note": "every figure is the median over the rounds of that round's figure (p50, p95 or "
+                "throughput); each round runs the in-process calls, the server and the server "
+                "without gc.freeze() in turn",
+        "server": served(rounds),
+        "server_without_gc_freeze": served(no_freeze),
+        "in_process": {key: median(local, key) for key in local[0]},
+        "rounds_raw": rounds, "no_freeze_raw": no_freeze, "in_process_raw": local,
     }
     if out.exists() and "robustness" in json.loads(out.read_text()):
         result["robustness"] = json.loads(out.read_text())["robustness"]
