@@ -1,9 +1,11 @@
-"""Running a command line or Python code in a child process: the one way the helpers do it.
+"""Running a command line or Python code in a child process that runs to completion.
 
-Three helpers need a process of their own: `saved_model_cli` is a separate program, legacy Keras
-must be chosen before TensorFlow is imported, and the LiteRT converter can abort the whole
-process. They share this module, so the time limit and the error message are the same for all
-three: a failure is reported as the final `SomeError: message` of the child's traceback. `run`
+The helpers whose child runs once and reports (`saved_model_cli`, a separate program; legacy Keras,
+which must be chosen before TensorFlow is imported; the LiteRT converter, which can abort the whole
+process; the sandbox's loader and the formats benchmark) share this module, so the time limit and the
+error message are the same for all: a failure is reported as the final `SomeError: message` of the
+child's traceback. Helpers that keep a child running (servers, clusters, the trainer chapter 10
+kills) start it with `subprocess.Popen` themselves. `run`
 gives the child this process's environment plus exactly the variables its caller names, nothing
 else, so a helper runs what its page says it runs. TensorFlow's start-up log lines go to the
 child's stderr, which `run` captures and the helpers print only as that final error line.
