@@ -49,7 +49,7 @@ def test_resumed_training_continues(trained, tmp_path, capsys):
     _, more = train_and_checkpoint(net, new_manager, steps=10)
     assert "Initializing from scratch." in capsys.readouterr().out  # tmp_path had no checkpoint yet
     # ckpt-5 was saved before the 50th step: resuming replays that step exactly (same batch, same
-    # weights, same Adam moments). The Keras 3 trap gives 24.07 here instead.
+    # weights, same Adam moments). The Keras 3 trap starts at 41.27 instead (chapter 3).
     assert more[0] == pytest.approx(losses[49], rel=1e-5)
 
 
