@@ -382,16 +382,16 @@ def measure(fmt, width, layers, folder, repeats=5, warmup=1, cold=True):
         if cold:
             drop_cache(folder)
         loads.append(run_child(["load", fmt, width, layers, folder]))
-    loads = loads[warmup:]
-    result["load" if cold else "load_warm"] = Stats.of([r["seconds"] for r in loads])._asdict()
-    result["load_memory"] = {"base": max(r["memory_base"] for r in loads),
-                             "peak": max(r["memory_peak"] for r in loads)}
-    if "output" in saved:
+    if "output" in saved:  # every load, the warm-up's too, must give the saved model's output
         import numpy as np
         for r in loads:
             if not np.allclose(r["output"], saved["output"], rtol=1e-5, atol=1e-6):
                 raise AssertionError(f"{fmt}: loaded model gives {r['output'][:3]}..., "
                                      f"saved model gave {saved['output'][:3]}...")
+    loads = loads[warmup:]
+    result["load" if cold else "load_warm"] = Stats.of([r["seconds"] for r in loads])._asdict()
+    result["load_memory"] = {"base": max(r["memory_base"] for r in loads),
+                             "peak": max(r["memory_peak"] for r in loads)}
     return result
 
 

@@ -161,3 +161,14 @@ def test_an_installed_package_reads_its_own_copy_of_the_data(tmp_path):
                           cwd=tmp_path / "site", capture_output=True, text=True, timeout=60)
     assert read.returncode == 0, read.stderr[-500:]
     assert json.loads(read.stdout) == json.loads(DATA.read_text())
+
+
+def test_measure_checks_the_warmup_load_output_too(tmp_path, monkeypatch):
+    """A warm-up load that gives another output is an error, though its time is thrown away."""
+    answers = iter([{"bytes": 1, "files": 1, "returned": [0.1], "durable": [0.2], "memory_base": 1,
+                     "memory_peak": 2, "output": [1.0] * 8},
+                    {"seconds": 0.1, "memory_base": 1, "memory_peak": 2, "output": [9.0] * 8},  # warm-up
+                    {"seconds": 0.1, "memory_base": 1, "memory_peak": 2, "output": [1.0] * 8}])
+    monkeypatch.setattr(benchmark, "run_child", lambda args: next(answers))
+    with pytest.raises(AssertionError, match=r"\.weights\.h5: loaded model gives \[9\.0"):
+        benchmark.measure(".weights.h5", 8, 1, tmp_path, repeats=1, warmup=1, cold=False)
