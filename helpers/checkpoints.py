@@ -12,6 +12,7 @@ Chapter 10 adds the helpers for runs that were killed: `interrupted_saves`,
 import os
 import re
 import shutil
+import tempfile
 from pathlib import Path
 
 import tensorflow as tf
@@ -211,7 +212,8 @@ def interrupted_saves(directory):
     """The `<prefix>_temp` folders in `directory`: shards of saves killed before they were merged.
 
     A save writes its shards to `<prefix>_temp/` and merges them into `<prefix>.index`/`.data-*`
-    at the end; a killed save leaves the folder behind, never read and never cleaned up by TF.
+    at the end; a killed save leaves the folder behind. Nothing reads it, and TF removes it only
+    when a later save of the same prefix merges (the merge deletes its `_temp` folder).
     """
     directory = Path(directory)
     if not directory.is_dir():
@@ -241,9 +243,11 @@ def restore_newest_loadable(checkpoint, directory):
 
     Candidates are every prefix with files in `directory` (not only those the state file lists),
     newest (highest number) first. Each is checked with `open_checkpoint` (every value read) and
-    restored with `assert_existing_objects_matched()`. Returns `(prefix, skipped)`: the prefix
-    used (None if none loads: nothing was restored) and a list of `(name, reason)` for every
-    checkpoint passed over, and for an unreadable state file, newest first.
+    restored with `assert_existing_objects_matched()`. A restore assigns values before that check
+    can fail, so the objects' state is first written to a temporary checkpoint and read back after
+    a candidate that fails. Returns `(prefix, skipped)`: the prefix used (None if none loads: the
+    objects that existed hold their values from before the call) and a list of `(name, reason)`
+    for every checkpoint passed over, and for an unreadable state file, newest first.
     """
     directory = Path(directory)
     if not directory.is_dir():
@@ -259,25 +263,28 @@ def restore_newest_loadable(checkpoint, directory):
             names.add(file.name[: -len(".index")])
         elif file.is_file() and ".data-" in file.name:
             names.add(file.name[: file.name.index(".data-")])
-    for name in sorted(names, key=lambda n: (_checkpoint_number(n), n), reverse=True):
-        prefix = os.path.join(os.fspath(directory), name)
-        try:
-            open_checkpoint(prefix)
-        except NotACheckpointError as error:
-            skipped.append((name, str(error)))
-            continue
-        try:
-            status = checkpoint.restore(prefix)
-        except (ValueError, tf.errors.OpError) as error:
-            skipped.append((name, "restore failed: " + _first_line(error)))
-            continue
-        try:
-            status.assert_existing_objects_matched()
-        except AssertionError as error:
-            status.expect_partial()
-            skipped.append((name, "does not match the objects: " + _first_line(error)))
-            continue
-        return prefix, skipped
+    checkpoint.save_counter  # noqa: B018 (a restore creates it; create it before the snapshot)
+    with tempfile.TemporaryDirectory() as snapshot_directory:
+        snapshot = checkpoint.write(os.path.join(snapshot_directory, "before"))
+        for name in sorted(names, key=lambda n: (_checkpoint_number(n), n), reverse=True):
+            prefix = os.path.join(os.fspath(directory), name)
+            try:
+                open_checkpoint(prefix)
+            except NotACheckpointError as error:
+                skipped.append((name, str(error)))
+                continue
+            try:
+                status = checkpoint.restore(prefix)
+                status.assert_existing_objects_matched()
+            except (ValueError, tf.errors.OpError) as error:
+                reason = "restore failed: " + _first_line(error)
+            except AssertionError as error:
+                status.expect_partial()
+                reason = "does not match the objects: " + _first_line(error)
+            else:
+                return prefix, skipped
+            skipped.append((name, reason))
+            checkpoint.read(snapshot).assert_existing_objects_matched()  # undo what it assigned
     return None, skipped
 
 

@@ -268,3 +268,16 @@ def test_restore_newest_loadable_with_nothing_loadable(tmp_path):
     assert prefix is None and skipped[0][0] == "ckpt-1" and "cannot be read" in skipped[0][1]
     with pytest.raises(NotACheckpointError, match="is not a directory"):
         restore_newest_loadable(tf.train.Checkpoint(), tmp_path / "missing")
+
+
+def test_restore_newest_loadable_undoes_a_candidate_that_does_not_match(tmp_path):
+    from helpers.checkpoints import restore_newest_loadable
+    written = iter(tf.data.Dataset.range(10))
+    next(written), next(written)
+    tf.train.Checkpoint(v=tf.Variable([1.0, 2.0]), data=written).write(str(tmp_path / "ckpt-1"))
+    data = iter(tf.data.Dataset.range(10))
+    mine = tf.train.Checkpoint(v=tf.Variable([0.0, 0.0]), data=data, extra=tf.Variable(5.0))
+    prefix, skipped = restore_newest_loadable(mine, tmp_path)
+    assert prefix is None and skipped[0][0] == "ckpt-1" and "does not match" in skipped[0][1]
+    # the skipped candidate's values were put back: variables and the iterator's position
+    assert mine.v.numpy().tolist() == [0.0, 0.0] and float(mine.extra) == 5.0 and int(next(data)) == 0
