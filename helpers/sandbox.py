@@ -13,9 +13,11 @@ says which one a run had:
   (a Python installed under your home is there, read-only, and nothing else of that home).
   It has no network (a loopback of its own), and its own process IDs: when the child ends or is
   killed, every process it started is killed with it, detached or not, and the box dies if this
-  process dies (`--die-with-parent`). Memory: each process's address space is capped, and this
-  process adds up the resident memory of all the box's processes every 0.1 s and kills the box
-  when the total passes `memory_mb`.
+  process dies (`--die-with-parent`). It cannot make namespaces of its own (`--disable-userns`).
+  Memory: each process's address space is capped (RLIMIT_AS), and this process adds up the
+  resident memory of the processes in the box's PID namespace every 0.1 s and kills the box when
+  the total passes `memory_mb`. Memory that no process holds as resident memory escapes that
+  count: a memfd file filled with write() is in no process's resident memory.
 - "process limits only" (where bwrap is missing or cannot run). The child runs as you with the
   same per-process limits, an environment of its own, a fresh HOME and TMPDIR in the work folder,
   and no network where `unshare --net` is allowed (elsewhere the proxy variables point at a closed
@@ -25,8 +27,9 @@ says which one a run had:
 
 In both, the run returns at the timeout whatever the child left running, and each file the child
 writes is capped at `file_mb`. What the bubblewrap box still allows: reading the system's and
-Python's files, writing any number of files in its work folder, starting processes (the memory
-total is their only cap), and every system call this kernel allows an unprivileged process (there
+Python's files, writing any number of files in its work folder, starting processes (the resident
+memory total and each one's address-space limit are their only caps), holding memory outside
+processes (a memfd file), and every system call this kernel allows an unprivileged process (there
 is no seccomp filter; the box shares this machine's kernel, so a kernel bug is a way out). For a
 service that loads strangers' models, use a sandbox built for it (nsjail, gVisor, a VM).
 """
@@ -94,8 +97,10 @@ def bubblewrap_command(workdir, home, network=False):
     """The `bwrap` command line (without the program to run) for a box around `workdir`, whose
     HOME is `home`, a folder inside `workdir`: see this module's docstring for what it holds."""
     workdir, home = Path(workdir).resolve(), Path(home).resolve()
-    command = [shutil.which("bwrap") or "bwrap", "--unshare-all", "--die-with-parent",
-               "--new-session", "--cap-drop", "ALL"]
+    # --disable-userns (it needs --unshare-user): no user namespace, so no PID namespace, can be
+    # made inside the box, where the memory count, which reads the box's PID namespace, would miss it.
+    command = [shutil.which("bwrap") or "bwrap", "--unshare-all", "--unshare-user", "--disable-userns",
+               "--die-with-parent", "--new-session", "--cap-drop", "ALL"]
     if network:
         command.append("--share-net")
     for name in SYSTEM:
@@ -255,7 +260,8 @@ def run_sandboxed(code, workdir, memory_mb=3072, timeout=60, file_mb=64, network
     offers (`strongest_boundary()`); asking for "bubblewrap" where it does not work raises
     `RuntimeError` with the reason. `memory_mb` caps each process's address space (TensorFlow and
     Keras need over 1 GB of it to import and load a small model) and, with bubblewrap, the
-    resident memory of all the box's processes together. `timeout` is the wall-clock limit in
+    resident memory of the box's processes together (a poll: memory held outside processes, such
+    as a memfd file's, escapes it). `timeout` is the wall-clock limit in
     seconds; CPU time is capped at twice `timeout` plus one second per process, a backstop that
     holds even if this process dies before its timer fires. `file_mb` caps the size of each file
     written. `network=False` removes the network (see the module docstring for where it cannot).

@@ -1,8 +1,8 @@
 """helpers.sandbox: each limit stops what it should, and the child touches nothing outside its folder.
 
 Chapter 11's canary cells assert the rest, for both boundaries: an absolute-path write, the home
-that `pwd` names, detached processes, a child that never exits, and three children under the
-per-process memory limit. Without bubblewrap the tests that need it are skipped, except in CI,
+that `pwd` names, detached processes, a child that never exits, a nested namespace, memfd files
+and three children under the per-process memory limit. Without bubblewrap the tests that need it are skipped, except in CI,
 where they fail."""
 import json
 import os
@@ -92,6 +92,24 @@ def test_the_box_holds_the_system_python_and_its_folder_only(tmp_path, needs_bub
     assert [outcome == "written" for outcome in report["writes"].values()] == [True] * 3 + [False] * 5
     assert len(list(work.rglob("here.txt"))) == 3  # /box, /tmp and /dev/shm are folders on disk
     assert not (tmp_path / "canary.txt").exists()
+
+
+def test_processes_in_a_nested_namespace_do_not_escape_the_memory_total(tmp_path, needs_bubblewrap):
+    # The memory total reads the box's own PID namespace; a process in a namespace made inside the
+    # box would be missed, so the box allows none (bwrap --disable-userns).
+    result = run_sandboxed("""
+        import subprocess, sys, time
+        hold = "import sys; block = b'x' * (300 * 2**20); print('holding', flush=True); sys.stdin.read()"
+        nested = ["unshare", "--user", "--pid", "--fork", sys.executable, "-c", hold]
+        children = [subprocess.Popen(nested, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+                    for _ in range(3)]
+        held = [child.stdout.readline().strip() for child in children]
+        time.sleep(2)  # all that started hold at once: time for the memory poll to see them
+        for child in children:
+            child.stdin.close()
+        print(held.count("holding"), "held;", [child.wait() for child in children])
+    """, tmp_path, memory_mb=400, timeout=30, boundary="bubblewrap")
+    assert result.stopped == "memory" or result.stdout.startswith("0 held"), (result.outcome, result.stdout)
 
 
 def test_timeout_kills_the_whole_process_group(tmp_path):
