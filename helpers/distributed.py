@@ -1,13 +1,13 @@
 """Chapter 12's multi-worker runs: a `MultiWorkerMirroredStrategy` cluster of Python processes on 127.0.0.1.
 
 A worker is a script the chapter writes on the page (`%%writefile train_worker.py`). `run_cluster`
-starts it once per worker, as ``python SCRIPT DIRECTORY OPTIONS_JSON`` with that worker's own
-`TF_CONFIG` (ports picked free at run time), collects the JSON lines each worker prints, and leaves
-no process behind. A worker script imports from here only what is not TensorFlow: `report` (one
-JSON line for the parent), `die` (SIGKILL itself: a lost machine), `write_directory` (where a
-worker saves) and `run_worker` (its options, its error, its exit). Each worker decides itself when
-it dies (at a step or batch it was given), so a run's outcome does not depend on how busy the
-machine is.
+starts it once per worker, as ``[sys.executable, SCRIPT, abspath(DIRECTORY), OPTIONS_JSON]``, with
+that worker's own `TF_CONFIG` (ports picked free at run time), collects the JSON lines each worker
+prints, and leaves no process behind. A worker script imports from here only what is not TensorFlow:
+`report` (one JSON line for the parent), `die` (SIGKILL itself: a lost machine), `write_directory`
+(where a worker saves) and `run_worker` (its options, its error, its exit). Each worker decides
+itself when it dies (at a step or batch it was given), so a run's outcome does not depend on how
+busy the machine is.
 """
 import json
 import os
@@ -27,13 +27,16 @@ def tf_config(addresses, index):
     return json.dumps({"cluster": {"worker": list(addresses)}, "task": {"type": "worker", "index": index}})
 
 
-def write_directory(directory, task_type, task_id):
-    """Where this worker writes a save: the chief (task type 'chief', or worker 0 in a cluster of
-    workers only, as here) into `directory`, every other worker into a `workertemp_<id>` folder
-    inside it that it deletes after the save (tf_keras's layout)."""
+def write_directory(directory, cluster_resolver):
+    """Where this worker writes a save: the chief into `directory`, every other worker into a
+    `workertemp_<id>` folder inside it that it deletes after the save (tf_keras's layout). The
+    chief is the task of type 'chief', or worker 0 in a cluster without one (as here), as in
+    TensorFlow's `multi_worker_util.is_chief`; `cluster_resolver` is the strategy's."""
+    task_type, task_id = cluster_resolver.task_type, cluster_resolver.task_id
     if task_type not in ("worker", "chief"):
         raise ValueError(f"task_type must be 'worker' or 'chief', got {task_type!r}")
-    is_chief = task_type == "chief" or (task_type == "worker" and task_id == 0)
+    has_chief = "chief" in cluster_resolver.cluster_spec().as_dict()
+    is_chief = task_type == "chief" or (task_type == "worker" and task_id == 0 and not has_chief)
     return directory if is_chief else os.path.join(directory, f"workertemp_{task_id}")
 
 
@@ -92,7 +95,8 @@ def _leave_together(timeout_s=120):
 
 
 class ClusterRun:
-    """What one `run_cluster` call saw: per worker, its command, reports, exit code, PID and stderr tail."""
+    """What one `run_cluster` call saw: per worker, its command line (the argument list it was started
+    with), reports, exit code, PID and stderr tail."""
 
     def __init__(self, commands, ports, pids, reports, exit_codes, stderr):
         self.commands, self.ports, self.pids, self.reports = commands, ports, pids, reports
@@ -112,12 +116,12 @@ def run_cluster(script, directory, workers=2, worker_options=None, legacy_keras=
                 timeout=180, **options):
     """Run the worker `script` on `workers` local processes, one cluster, to the end.
 
-    Worker i runs ``python SCRIPT DIRECTORY OPTIONS`` with `TF_CONFIG` naming it worker i, where
-    OPTIONS is the JSON of `options` plus `worker_options[i]`; `legacy_keras` also sets
-    `TF_USE_LEGACY_KERAS=1`, so that `tf.keras` is Keras 2. Once one worker has ended, the others
-    get `grace` seconds to end too (a synchronous job fails without any of its workers) and are
-    then killed, as a cluster manager restarts a whole job. Every process is killed and reaped
-    before this returns, also on timeout (RuntimeError) or on an exception.
+    Worker i runs ``[sys.executable, script, abspath(directory), OPTIONS]`` (its `commands[i]`) with
+    `TF_CONFIG` naming it worker i, where OPTIONS is the JSON of `options` plus `worker_options[i]`;
+    `legacy_keras` also sets `TF_USE_LEGACY_KERAS=1`, so that `tf.keras` is Keras 2. Once one worker
+    has ended, the others get `grace` seconds to end too (a synchronous job fails without any of its
+    workers) and are then killed, as a cluster manager restarts a whole job. Every process is killed
+    and reaped before this returns, also on timeout (RuntimeError) or on an exception.
     """
     if not os.path.isfile(script):
         raise FileNotFoundError(f"no worker script {script!r} (write it first, e.g. with %%writefile)")
@@ -133,12 +137,11 @@ def run_cluster(script, directory, workers=2, worker_options=None, legacy_keras=
     try:
         for index in range(workers):
             arguments = json.dumps({**options, **worker_options.get(index, {})})
-            commands.append(["python", script, str(directory), arguments])
+            commands.append([sys.executable, script, os.path.abspath(directory), arguments])
             out, err = tempfile.TemporaryFile("w+"), tempfile.TemporaryFile("w+")
             outputs.append((out, err))
-            processes.append(subprocess.Popen(
-                [sys.executable, script, os.path.abspath(directory), arguments], stdout=out, stderr=err,
-                env={**env, "TF_CONFIG": tf_config(addresses, index)}))
+            processes.append(subprocess.Popen(commands[-1], stdout=out, stderr=err,
+                                              env={**env, "TF_CONFIG": tf_config(addresses, index)}))
         _wait(processes, timeout, grace)
         reports, stderr = [], []
         for out, err in outputs:

@@ -109,17 +109,39 @@ def test_tf_config_and_write_directory(tmp_path):
                       "task": {"type": "worker", "index": 1}}
     with pytest.raises(ValueError, match="worker index 2"):
         tf_config(["127.0.0.1:1", "127.0.0.1:2"], 2)
-    assert write_directory("ckpt", "worker", 0) == "ckpt"
-    assert write_directory("ckpt", "chief", 0) == "ckpt"
-    assert write_directory("ckpt", "worker", 1).endswith("ckpt/workertemp_1")
     with pytest.raises(ValueError, match="task_type"):
-        write_directory("ckpt", "ps", 0)
+        write_directory("ckpt", _resolver({"ps": ["a:1"], "worker": ["b:1"]}, "ps", 0))
     with pytest.raises(FileNotFoundError, match="no worker script 'nope.py'"):
         run_cluster("nope.py", tmp_path)
     script = tmp_path / "worker.py"
     script.write_text("")
     with pytest.raises(ValueError, match=r"worker_options names workers \[2\]"):
         run_cluster(str(script), tmp_path, worker_options={2: {"kill_at": 1}})
+
+
+def _resolver(cluster, task_type, task_id):
+    import tensorflow as tf
+
+    return tf.distribute.cluster_resolver.SimpleClusterResolver(
+        tf.train.ClusterSpec(cluster), task_type=task_type, task_id=task_id)
+
+
+@pytest.mark.parametrize("cluster", [{"worker": ["a:1", "b:1", "c:1"]},
+                                     {"chief": ["a:1"], "worker": ["b:1", "c:1"]}])
+def test_write_directory_picks_the_chief_as_tensorflow_does(cluster):
+    """The chief writes into the folder, every other worker into its own `workertemp_<id>`: the
+    chief is the 'chief' task, and worker 0 only in a cluster without one (TensorFlow's
+    `multi_worker_util.is_chief`, compared task by task)."""
+    from tensorflow.python.distribute import multi_worker_util
+
+    for task_type, addresses in cluster.items():
+        for task_id in range(len(addresses)):
+            resolver = _resolver(cluster, task_type, task_id)
+            written = write_directory("ckpt", resolver)
+            chief = multi_worker_util.is_chief(resolver.cluster_spec(), task_type, task_id)
+            assert written == ("ckpt" if chief else os.path.join("ckpt", f"workertemp_{task_id}"))
+    assert write_directory("ckpt", _resolver(cluster, "worker", 0)) == (
+        "ckpt" if "chief" not in cluster else os.path.join("ckpt", "workertemp_0"))
 
 
 # A worker that starts no TensorFlow: it listens on its TF_CONFIG port as a real worker's gRPC
@@ -162,7 +184,7 @@ def test_each_worker_gets_its_options_and_the_cluster_its_ports(tmp_path, fake_w
     assert run.reports[1] == [["options", 1, str(tmp_path / "run"),
                                {"sleep": 0.5, "shared": "yes", "exit": 3}]]
     assert run.exit_codes == [0, 3, 0] and len(set(run.ports)) == 3
-    assert run.commands[1] == ["python", fake_worker, str(tmp_path / "run"),
+    assert run.commands[1] == [sys.executable, fake_worker, str(tmp_path / "run"),
                                '{"sleep": 0.5, "shared": "yes", "exit": 3}']
     assert _no_trace(run)
 
