@@ -4,8 +4,9 @@ Each function wraps a public call the chapters show first (`tf.train.load_checkp
 `tf.train.list_variables`, `os.listdir`). Like `tf.train.load_checkpoint`, they take a checkpoint
 *prefix* such as ``tf_ckpts/ckpt-5`` (the name `manager.save()` returns) or a directory, read as its
 latest checkpoint; anything else raises `NotACheckpointError` naming the path and what is wrong,
-including damaged files (a truncated or altered data shard, an unreadable `checkpoint` state file),
-which TensorFlow reports without a file name or, for the state file, only in a logged warning.
+including damaged files (a truncated data shard, which TensorFlow reports without a file name; an
+altered one, whose checksum error does name it; an unreadable `checkpoint` state file, which
+TensorFlow reports only in a logged warning).
 Chapter 10 adds the helpers for runs that were killed: `interrupted_saves`,
 `remove_interrupted_saves` and `restore_newest_loadable`.
 """

@@ -22,7 +22,7 @@ says which one a run had:
   same per-process limits, an environment of its own, a fresh HOME and TMPDIR in the work folder,
   and no network where `unshare --net` is allowed (elsewhere the proxy variables point at a closed
   port, which stops only the clients that honour them). It can read and write every file you can
-  (an absolute path, or `pwd` for your real home), a process it starts in a new session outlives
+  (by absolute path; `pwd` names your real home unless the network namespace maps the child to root), a process it starts in a new session outlives
   it, and the memory limit holds for each process, not for all of them together.
 
 In both, the run returns at the timeout whatever the child left running, and each file the child
