@@ -138,7 +138,9 @@ def solution_snippets(path):
     kept = "\n".join(c.source for c in student_notebook(nbformat.read(path, as_version=4)).cells)
     removed = [line.strip() for c in full.cells for line in c.source.splitlines()
                if len(line.strip()) >= 30 and line.strip() not in kept and "{solution" not in line]
-    return [_plain(line)[:60] for line in removed]
+    # A probe must be distinctive as a reader sees it: a line that is mostly a link target
+    # ("[server code](https://...)") reads as two common words found on other pages.
+    return [plain[:60] for plain in map(_plain, removed) if len(plain) >= 30]
 
 
 def test_student_edition_leaks_no_solution(built_book, tmp_path):
