@@ -1,11 +1,11 @@
 """Running a command line or Python code in a child process that runs to completion.
 
-The helpers whose child runs once and reports (`saved_model_cli`, a separate program; legacy Keras,
-which must be chosen before TensorFlow is imported; the LiteRT converter, which can abort the whole
-process; the sandbox's loader and the formats benchmark) share this module, so the time limit and the
-error message are the same for all: a failure is reported as the final `SomeError: message` of the
-child's traceback. Helpers that keep a child running (servers, clusters, the trainer chapter 10
-kills) start it with `subprocess.Popen` themselves. `run`
+`saved_model_cli` (a separate program), legacy Keras (which must be chosen before TensorFlow is
+imported) and the LiteRT converter (which can abort the whole process) run their child through `run`,
+each with its own time limit, and report a failure the same way: the final `SomeError: message` of the
+child's traceback (`last_error`). The sandbox starts its child itself but reports with `last_error`
+and adds `QUIET`; the formats benchmark borrows `package_env`. Helpers that keep a child running
+(servers, clusters, the trainer chapter 10 kills) start it with `subprocess.Popen` themselves. `run`
 gives the child this process's environment plus exactly the variables its caller names, nothing
 else, so a helper runs what its page says it runs. TensorFlow's start-up log lines go to the
 child's stderr, which `run` captures and the helpers print only as that final error line.

@@ -3,9 +3,9 @@
 A worker is a script the chapter writes on the page (`%%writefile train_worker.py`). `run_cluster`
 starts it once per worker, as ``[sys.executable, SCRIPT, abspath(DIRECTORY), OPTIONS_JSON]``, with
 that worker's own `TF_CONFIG` (ports picked free at run time), collects the JSON lines each worker
-prints, and leaves no process behind. A worker script imports from here only what is not TensorFlow:
-`report` (one JSON line for the parent), `die` (SIGKILL itself: a lost machine), `write_directory`
-(where a worker saves) and `run_worker` (its options, its error, its exit). Each worker decides
+prints, and leaves no process behind. A worker script imports from here `report` (one JSON line for
+the parent), `die` (SIGKILL itself: a lost machine), `write_directory` (where a worker saves),
+`run_worker` (its options, its error, its exit) and `build_model` (the chapter's small Keras model). Each worker decides
 itself when it dies (at a step or batch it was given), so a run's outcome does not depend on how
 busy the machine is.
 """
@@ -71,7 +71,8 @@ def run_worker(work):
     try:
         work(directory, **options)
     except SystemExit as exit_:
-        code = exit_.code if isinstance(exit_.code, int) else 1
+        # as Python does: sys.exit() and sys.exit(None) end with 0, a non-integer (a message) with 1
+        code = 0 if exit_.code is None else exit_.code if isinstance(exit_.code, int) else 1
         report("exit", code)
         os._exit(code)
     except Exception as error:  # noqa: BLE001 (reported to the parent, then a quick exit)

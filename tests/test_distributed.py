@@ -285,3 +285,14 @@ def test_keras2_backup_and_restore_per_epoch_resumes_at_the_killed_epoch(tmp_pat
         batches = [values[0] for values in restarted.events(worker, "batch")]
         assert batches == ["1.0", "1.1", "1.2", "1.3", "2.0", "2.1", "2.2", "2.3", "3.0", "3.1", "3.2", "3.3"]
     assert restarted.first(0, "done") == restarted.first(1, "done")
+
+
+@pytest.mark.parametrize("call,code", [("sys.exit()", 0), ("sys.exit(42)", 42), ("sys.exit('bye')", 1)])
+def test_run_worker_ends_with_the_code_python_would(tmp_path, call, code):
+    """sys.exit() is a clean exit (0), an integer is kept, a message is 1: what Python itself does."""
+    script = tmp_path / "worker.py"
+    script.write_text(f"import sys\nfrom helpers.distributed import run_worker\nrun_worker(lambda d: {call})\n")
+    done = subprocess.run([sys.executable, str(script), str(tmp_path)], capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == code, done.stderr[-500:]
+    assert json.loads(done.stdout.splitlines()[-1]) == ["exit", code], done.stdout
