@@ -111,13 +111,14 @@ def bubblewrap_command(workdir, home, network=False):
             command += ["--ro-bind", path, path]
     for name in ETC:
         command += ["--ro-bind-try", f"/etc/{name}", f"/etc/{name}"]
-    for folder in python_folders():
-        command += ["--ro-bind", folder, folder]
     command += ["--bind", str(workdir), BOX,
                 "--bind", str(home / "tmp"), "/tmp",
                 "--proc", "/proc", "--dev", "/dev",
-                "--bind", str(home / "shm"), "/dev/shm",
-                "--remount-ro", "/dev", "--remount-ro", "/", "--chdir", BOX]
+                "--bind", str(home / "shm"), "/dev/shm"]
+    # Python's folders after /tmp's: a Python installed under /tmp (a venv there) stays visible
+    for folder in python_folders():
+        command += ["--ro-bind", folder, folder]
+    command += ["--remount-ro", "/dev", "--remount-ro", "/", "--chdir", BOX]
     return command
 
 

@@ -234,3 +234,27 @@ def test_outcome_names_a_signal(tmp_path, boundary):
     result = run_sandboxed("import os, signal; os.kill(os.getpid(), signal.SIGKILL)", tmp_path,
                            boundary=boundary)
     assert (result.returncode, result.outcome) == (-9, "killed by SIGKILL")
+
+
+def test_a_python_installed_under_tmp_runs_in_the_box(tmp_path, needs_bubblewrap):
+    """The box's /tmp is a folder of its own: a venv under the real /tmp must stay visible in it."""
+    import shutil
+    import tempfile
+    under_tmp = Path(tempfile.mkdtemp(prefix="venv-under-tmp-", dir="/tmp"))
+    try:
+        venv = under_tmp / "venv"
+        subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+        site = [p for p in sys.path if p.endswith("site-packages")]
+        root = str(Path(__file__).resolve().parent.parent)
+        (tmp_path / "work").mkdir()
+        done = subprocess.run(
+            [str(venv / "bin" / "python"), "-c",
+             "from helpers.sandbox import run_sandboxed\n"
+             "r = run_sandboxed('print(6 * 7)', 'work', boundary='bubblewrap')\n"
+             "print(r.ok, r.stdout.strip(), r.stderr.strip()[-300:])"],
+            cwd=tmp_path, capture_output=True, text=True, timeout=120,
+            env={**os.environ, "PYTHONPATH": os.pathsep.join([root, *site])})
+    finally:
+        shutil.rmtree(under_tmp, ignore_errors=True)
+    assert done.returncode == 0, done.stderr[-1000:]
+    assert done.stdout.startswith("True 42"), done.stdout
