@@ -10,6 +10,7 @@ from pathlib import Path
 import tensorflow as tf
 
 from . import _child
+from .model_server import version_folders
 from .table import Table
 
 
@@ -40,8 +41,7 @@ def check_saved_model(path):
                 f"'{path}' has saved_model.pb but no '{index}': its variables folder is missing "
                 "or incomplete (a partial copy?), so loading it fails")
         return path
-    versions = sorted((p.name for p in path.iterdir() if p.is_dir() and p.name.isascii() and p.name.isdigit()),
-                      key=int)
+    versions = [folder.name for folder in version_folders(path)]  # numeric order, as TF Serving reads them
     if versions:
         raise NotASavedModelError(
             f"'{path}' holds version folders {versions}, not a SavedModel: pass "
