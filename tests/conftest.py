@@ -1,4 +1,6 @@
 """Shared fixtures: a small training checkpoint, small SavedModels, and the built HTML book."""
+import contextlib
+import os
 from pathlib import Path
 
 import pytest
@@ -20,23 +22,67 @@ def trained(tmp_path_factory):
 ROOT = Path(__file__).resolve().parent.parent
 
 
+def _current_build():
+    """README's build (scripts/build_book.py) when it was made from the sources as they are now."""
+    import sys
+    sys.path.insert(0, str(ROOT / "scripts"))
+    from build_book import current_build
+    return current_build(ROOT)
+
+
+@contextlib.contextmanager
+def _shared_folder(tmp_path_factory, name):
+    """A folder all test processes share, held under a lock: the first one builds, the others reuse."""
+    import fcntl
+    base = tmp_path_factory.getbasetemp()
+    shared = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+    with open(shared / f"{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield shared / name
+
+
 @pytest.fixture(scope="session")
 def built_book(tmp_path_factory):
-    """The HTML book built from the current sources, warnings as errors, into a temporary folder:
-    the English edition, and the Chinese one in its zh_CN/ folder, as README's command builds them."""
+    """The HTML book built from the current sources, warnings as errors: the English edition, and
+    the Chinese one in its zh_CN/ folder. README's build when its sources digest still matches
+    (scripts/build_book.py), else built once into a folder the test processes share."""
     import subprocess
     import sys
-    out = tmp_path_factory.mktemp("book")
-    result = subprocess.run(
-        [str(Path(sys.executable).with_name("jupyter-book")), "build", str(ROOT), "--path-output",
-         str(out), "-W", "-n", "--keep-going", "-q"], capture_output=True, text=True)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    sys.path.insert(0, str(ROOT / "scripts"))
-    from translation import build
-    html = out / "_build" / "html"
-    result = build("zh_CN", source=ROOT, output=html / "zh_CN", work=out / "zh_CN")
-    assert result.returncode == 0, "Chinese edition: " + result.stdout[-3000:] + result.stderr[-3000:]
-    return html
+    build = _current_build()
+    if build:
+        return build / "html"
+    with _shared_folder(tmp_path_factory, "book") as out:
+        html = out / "_build" / "html"
+        if (out / "done").exists():
+            return html
+        result = subprocess.run(
+            [str(Path(sys.executable).with_name("jupyter-book")), "build", str(ROOT), "--path-output",
+             str(out), "-W", "-n", "--keep-going", "-q"], capture_output=True, text=True)
+        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+        sys.path.insert(0, str(ROOT / "scripts"))
+        from translation import build
+        result = build("zh_CN", source=ROOT, output=html / "zh_CN", work=out / "zh_CN")
+        assert result.returncode == 0, "Chinese edition: " + result.stdout[-3000:] + result.stderr[-3000:]
+        (out / "done").touch()
+        return html
+
+
+@pytest.fixture(scope="session")
+def student_edition(tmp_path_factory):
+    """The student edition (scripts/build_student_edition.py): its notebooks/ and _build/html/, both
+    languages. README's build when its sources digest still matches, else built once."""
+    import subprocess
+    import sys
+    build = _current_build()
+    if build:
+        return build / "student"
+    with _shared_folder(tmp_path_factory, "student") as out:
+        if not (out / "done").exists():
+            result = subprocess.run([sys.executable, str(ROOT / "scripts" / "build_student_edition.py"),
+                                     str(out)], capture_output=True, text=True)
+            assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+            (out / "done").touch()
+        return out
 
 
 @pytest.fixture(scope="session")
