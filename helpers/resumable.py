@@ -108,8 +108,23 @@ def _reports_inside_save(report, step):
 
 def async_train(directory, steps=20, interval=5, report=_print_report):
     """`train`'s loop with `CheckpointOptions(enable_async=True)` saves, on plain `tf.Variable`s
-    and a hand-written SGD step (Keras 3 models fail at the second async save, chapter 6)."""
+    and a hand-written SGD step (Keras 3 models fail at the second async save, chapter 6).
+
+    "returned" comes from the training thread and "merge" from the save's background thread, so
+    each "merge" waits (up to 60 s) for its save's "returned": the order of the reports is then the
+    order of the events, not the scheduler's. A `save()` that blocked until its files were written
+    would show "merge" first, after that wait."""
     import tensorflow as tf
+    returned = threading.Semaphore(0)
+
+    def report_in_order(event, value, report=report):
+        if event == "merge":
+            returned.acquire(timeout=60)
+        report(event, value)
+        if event == "returned":
+            returned.release()
+
+    report = report_in_order
     weights = tf.Variable(tf.zeros([4, 1]))
     step = tf.Variable(0, dtype=tf.int64)
     checkpoint = tf.train.Checkpoint(step=step, weights=weights)

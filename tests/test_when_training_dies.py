@@ -57,3 +57,24 @@ def test_bad_arguments_are_named(launcher, tmp_path):
         launcher.start("helpers.resumable.train")
     with pytest.raises(ValueError, match=r"finished before reaching the kill points \[\('during', 3\)\]"):
         train_with_kills(launcher, str(tmp_path / "run"), [("during", 3)], steps=5, interval=5)
+
+
+def test_async_reports_come_in_the_order_of_the_events(tmp_path):
+    """Chapter 10 kills the async run at the background write's "merge" and asserts that `save()`
+    had returned by then: the two reports come from two threads, so a slow "returned" report must
+    still arrive before the "merge" it precedes."""
+    import threading
+    import time
+
+    from helpers.resumable import async_train
+    order, lock = [], threading.Lock()
+
+    def slow_returned(event, value):
+        if event == "returned":
+            time.sleep(0.5)  # the training thread delayed, as a loaded machine may delay it
+        with lock:
+            order.append(event)
+
+    async_train(str(tmp_path / "async"), steps=10, interval=5, report=slow_returned)
+    saves = [event for event in order if event in ("returned", "merge")]
+    assert saves == ["returned", "merge"] * 2, order
