@@ -12,24 +12,32 @@ import difflib
 import re
 
 import kserve
+import kserve.models
 import kubernetes.client
 import yaml
 
 API_VERSION, KIND = "serving.kserve.io/v1beta1", "InferenceService"
 _PRIMITIVES = {"str": (str,), "int": (int,), "float": (int, float), "bool": (bool,), "object": (object,),
                "datetime": (str, datetime.datetime), "date": (str, datetime.date), "bytes": (str, bytes),
-               "ResourceQuantity": (str, int, float)}  # a Kubernetes quantity: "500m", "2Gi" or a number
+               "ResourceQuantity": (str, int, float),  # a Kubernetes quantity: "500m", "2Gi" or a number
+               "V1beta1MetricQuantity": (str, int, float),  # an autoscaling metric's target, a quantity too
+               "V1Time": (str, datetime.datetime)}  # Kubernetes' metav1.Time, a timestamp
 
 
 class ManifestError(ValueError):
     """A manifest that KServe's schema does not accept; the message names the field's path."""
 
 
-def _class(name):
-    for module in (kserve, kubernetes.client):
-        if hasattr(module, name):
-            return getattr(module, name)
-    raise ManifestError(f"KServe's schema names an unknown type {name}")
+def _class(name, path):
+    """The class of a type the schema names: KServe's own (some only in `kserve.models`), or
+    Kubernetes', which KServe names by Go package (`K8sIoApiAppsV1DeploymentStrategy` is
+    `kubernetes.client.V1DeploymentStrategy`)."""
+    kubernetes_name = re.sub(r"^K8sIoApi[A-Z][a-z]*(?=V\d)", "", name)
+    for module, attribute in ((kserve, name), (kserve.models, name), (kubernetes.client, kubernetes_name)):
+        if hasattr(module, attribute):
+            return getattr(module, attribute)
+    raise ManifestError(f"{path}: KServe's schema gives this field the type {name}, which neither the "
+                        "kserve nor the kubernetes package defines, so it cannot be checked")
 
 
 def _type_name(value):
@@ -52,8 +60,8 @@ def build(value, type_name, path):
         allowed = _PRIMITIVES[type_name]
         if isinstance(value, bool) and bool not in allowed or not isinstance(value, allowed):
             raise ManifestError(f"{path}: expected {type_name}, got {_type_name(value)} {value!r}")
-        return str(value) if type_name == "ResourceQuantity" else value
-    cls = _class(type_name)
+        return str(value) if type_name.endswith("Quantity") else value
+    cls = _class(type_name, path)
     if not isinstance(value, dict):
         raise ManifestError(f"{path}: expected a mapping ({type_name}), got {_type_name(value)}")
     by_json = {json_name: py_name for py_name, json_name in cls.attribute_map.items()}

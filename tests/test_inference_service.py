@@ -68,3 +68,40 @@ def test_kserves_own_classes_would_not_catch_it(good):
 def test_a_number_is_a_valid_cpu_quantity(good):
     service = check_manifest(good.replace('cpu: "1"', "cpu: 1"))
     assert service.spec.predictor.model.resources.requests["cpu"] == "1"
+
+
+@pytest.mark.parametrize("where, field, value, check", [
+    # only in kserve.models, not exported at the top of the package
+    ("model", "storage", {"key": "localMinIO", "path": "models/mobilenet"},
+     lambda s: s.spec.predictor.model.storage.path == "models/mobilenet"),
+    ("predictor", "workerSpec", {"pipelineParallelSize": 2},
+     lambda s: s.spec.predictor.worker_spec.pipeline_parallel_size == 2),
+    # Kubernetes' types, named by Go package in KServe's schema
+    ("predictor", "deploymentStrategy", {"type": "Recreate"},
+     lambda s: s.spec.predictor.deployment_strategy.type == "Recreate"),
+    ("predictor", "autoScaling", {"behavior": {"scaleDown": {"stabilizationWindowSeconds": 60}}},
+     lambda s: s.spec.predictor.auto_scaling.behavior.scale_down.stabilization_window_seconds == 60),
+    # an autoscaling metric's target value is a quantity
+    ("predictor", "autoScaling", {"metrics": [{"type": "Resource", "resource": {
+        "name": "cpu", "target": {"type": "Utilization", "averageValue": 80}}}]},
+     lambda s: s.spec.predictor.auto_scaling.metrics[0].resource.target.average_value == "80"),
+])
+def test_fields_whose_classes_live_elsewhere_are_checked_too(good, where, field, value, check):
+    """The schema names some types that the top of the `kserve` package does not export."""
+    manifest = yaml.safe_load(good)
+    parent = manifest["spec"]["predictor"]
+    parent = parent["model"] if where == "model" else parent
+    parent[field] = value
+    assert check(check_manifest(manifest))
+    inner = value if field != "autoScaling" else next(iter(value.values()))
+    inner = inner[0] if isinstance(inner, list) else inner
+    inner["typo"] = 1  # and still checked inside
+    with pytest.raises(ManifestError, match="unknown field 'typo'"):
+        check_manifest(manifest)
+
+
+def test_a_type_nothing_defines_is_named_with_its_field(monkeypatch):
+    import helpers.inference_service as inference_service
+    monkeypatch.setitem(kserve.V1beta1PredictorSpec.openapi_types, "min_replicas", "V9NoSuchType")
+    with pytest.raises(ManifestError, match=r"spec\.predictor\.minReplicas: .*type V9NoSuchType, which neither"):
+        inference_service.check_manifest(yaml_blocks("07_serving.ipynb")[0])
