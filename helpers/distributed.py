@@ -1,4 +1,5 @@
-"""Chapter 12's multi-worker runs: a `MultiWorkerMirroredStrategy` cluster of Python processes on 127.0.0.1.
+"""Chapter 12's multi-worker runs: a `MultiWorkerMirroredStrategy` cluster of Python processes that
+address each other at 127.0.0.1 (TensorFlow's gRPC server in each still listens on every interface).
 
 A worker is a script the chapter writes on the page (`%%writefile train_worker.py`). `run_cluster`
 starts it once per worker, as ``[sys.executable, SCRIPT, abspath(DIRECTORY), OPTIONS_JSON]``, with

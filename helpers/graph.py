@@ -63,6 +63,10 @@ def load_object_graph(prefix):
 
     slot_ids = {slot.slot_variable_node_id for n in proto.nodes for slot in n.slot_variables}
     optimizers = {i for i in order if _is_optimizer(proto.nodes[i], names[i])}
+    # The model's own variables, which an optimizer also lists (`_trainable_variables`): reached
+    # through the optimizer first, they are still the model's, not optimizer state.
+    listed = {ref.node_id for i in optimizers for child in proto.nodes[i].children
+              if child.local_name == "_trainable_variables" for ref in proto.nodes[child.node_id].children}
     nodes = {}
     for node_id in order:
         up = parent[node_id]
@@ -74,7 +78,8 @@ def load_object_graph(prefix):
             kind = "optimizer"
         elif any(a.name == "VARIABLE_VALUE" for a in proto_node.attributes):
             under_optimizer = _ancestors(node_id, parent) & optimizers
-            kind = "optimizer state" if (under_optimizer or node_id in slot_ids) else "variable"
+            state = (under_optimizer and node_id not in listed) or node_id in slot_ids
+            kind = "optimizer state" if state else "variable"
         nodes[node_id] = Node(node_id, names[node_id], path, kind, keys)
         if up is not None:
             nodes[up].children.append(nodes[node_id])

@@ -85,6 +85,32 @@ def test_restore_across_device_counts_is_bit_identical(tmp_path):
     assert len(results) == 5 and all(results.values()), results
 
 
+# A one-worker cluster whose TF_CONFIG names 127.0.0.1: where does its gRPC server listen?
+LISTENING = """
+import json, os, sys
+
+import psutil
+
+port = int(sys.argv[1])
+os.environ["TF_CONFIG"] = json.dumps({"cluster": {"worker": [f"127.0.0.1:{port}"]},
+                                      "task": {"type": "worker", "index": 0}})
+import tensorflow as tf
+
+strategy = tf.distribute.MultiWorkerMirroredStrategy()
+print(json.dumps(sorted({c.laddr.ip for c in psutil.Process().connections("inet")
+                         if c.status == "LISTEN" and c.laddr.port == port})))
+"""
+
+
+def test_a_workers_server_listens_on_every_interface_whatever_tf_config_names():
+    """Chapter 12 says so: TensorFlow takes only the port from the worker's address."""
+    result = subprocess.run([sys.executable, "-c", LISTENING, str(free_port())], capture_output=True,
+                            text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    addresses = json.loads(result.stdout.strip().splitlines()[-1])
+    assert addresses and set(addresses) <= {"::", "0.0.0.0"}, addresses
+
+
 def chapter_script(name, folder):
     """Write the chapter's `%%writefile NAME` cell into `folder`, as the chapter does; its path."""
     for cell in nbformat.read(CHAPTER, as_version=4).cells:

@@ -63,3 +63,15 @@ def test_figure_draws_one_label_per_node_in_its_colour(trained):
     assert colour["optimizer"] == COLOURS["optimizer"]
     assert colour["_kernel"] == COLOURS["variable"]
     assert ax.get_title() == "t"
+
+
+def test_the_models_variables_stay_blue_when_reached_through_the_optimizer(tmp_path):
+    """In chapter 12 (a Sequential model) the optimizer's `_trainable_variables` list is the shortest
+    path to the model's kernels and biases: they are still the model's variables."""
+    net = tf.keras.Sequential([tf.keras.Input((1,)), tf.keras.layers.Dense(2)])  # deeper than the optimizer
+    optimizer = tf.keras.optimizers.Adam(0.1)
+    optimizer.build(net.trainable_variables)
+    graph = load_object_graph(tf.train.Checkpoint(model=net, optimizer=optimizer).write(str(tmp_path / "c")))
+    k = kinds(graph)
+    assert k["optimizer/_trainable_variables/0"] == k["optimizer/_trainable_variables/1"] == "variable", k
+    assert k["optimizer/_iterations"] == k["optimizer/_variables/2"] == "optimizer state"
