@@ -20,7 +20,7 @@ import requests
 
 from helpers.model_server import ModelServer, inet_connections, port_is_open, server_command
 from test_connection_guard import closed_by_server
-from test_servable import ATTACKS_V1, ATTACKS_V2, X, expected, export_toy
+from test_servable import ATTACKS_V1, ATTACKS_V2, X, expected, toy_models
 
 ROOT = Path(__file__).resolve().parent.parent
 LIMIT = 1_000_000  # a small body limit, so the "very large request" case is cheap to send
@@ -29,7 +29,8 @@ BUDGET = int(1.5 * LIMIT * 12)  # the memory budget: one maximum-size body at a 
 LOG_MAX = 50_000
 FLAGS = ["--rest_api_num_threads=2", f"--rest_api_timeout_in_ms={int(TIMEOUT_S * 1000)}",
          "--header_timeout_s=1", "--body_timeout_s=1", "--idle_timeout_s=2", "--max_connections=20",
-         "--write_timeout_s=1", f"--memory_budget_bytes={BUDGET}", f"--log_max_bytes={LOG_MAX}", "--log_requests"]
+         "--write_timeout_s=1", f"--memory_budget_bytes={BUDGET}", f"--log_max_bytes={LOG_MAX}", "--log_requests",
+         "--file_system_poll_wait_seconds=0.2"]
 PARENT = """
 import sys, time
 from helpers.model_server import ModelServer
@@ -43,7 +44,7 @@ time.sleep(600)
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
-    return export_toy(tmp_path_factory.mktemp("models") / "toy")
+    return toy_models(tmp_path_factory)  # this module adds a version 3 to it
 
 
 @pytest.fixture(scope="module")
@@ -263,7 +264,7 @@ def test_health_answers_while_a_max_size_request_runs(server):
     # it (over BUSY_S); off the loop, each answers in milliseconds. The bound sits far from both,
     # so a loaded machine does not decide the outcome. Whether the big request itself finishes
     # (200) or hits the server's TIMEOUT_S (504) depends on the machine's load, not on the guard.
-    busy_s = 2.0
+    busy_s = 1.2
     head, tail = f'{{"signature_name": "busy", "inputs": [{busy_s}', "]}"
     body = (head + ", 0.0" * ((LIMIT - len(head) - len(tail)) // 5) + tail).encode()
     assert LIMIT - 5 < len(body) <= LIMIT
@@ -384,7 +385,7 @@ def test_start_does_not_take_another_programs_answer_as_its_own(tmp_path, server
     # another program answers 200 on the port; our process fails to bind, as the engine does
     # (its log line quoted as the engine writes it)
     fake = ModelServer("toy", tmp_path, port=server.port, engine="kserve")
-    fake.command = lambda: [sys.executable, "-c", "import time; time.sleep(1.5); print("
+    fake.command = lambda: [sys.executable, "-c", "import time; time.sleep(0.6); print("
                             "'2026-11-26 01:00:00.000 7 uvicorn.error INFO:     Started server process [7]'); print("
                             "'2026-11-26 01:00:00.001 7 uvicorn.error ERROR:    [Errno 98] error while attempting to bind"
                             " on address (\\'127.0.0.1\\', 8501): address already in use'); print("
@@ -392,7 +393,7 @@ def test_start_does_not_take_another_programs_answer_as_its_own(tmp_path, server
     start = time.monotonic()
     with pytest.raises(RuntimeError, match=r"exited with status 3: .*\[Errno 98\] .*address already in use$"):
         fake.start(timeout=30)
-    assert time.monotonic() - start > 1.4  # it waited for its own process, not the other's 200
+    assert time.monotonic() - start > 0.5  # it waited for its own process, not the other's 200 (polled every 0.2 s)
     assert not Path(fake.log_path).exists()  # the log went with the failed server
 
 
@@ -427,6 +428,14 @@ def test_both_engines_take_tf_servings_flags(tmp_path):
         server_command("tfs", "m", "models/m", 8501)
 
 
+def has_exited(process):
+    """True if a psutil.Process has ended: gone, or a zombie that its (new) parent has not reaped yet."""
+    try:
+        return process.status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
 def test_the_server_dies_with_its_parent(parent):
     pid, log_path = parent.stdout.readline().split()
     assert parent.stdout.readline().strip() == "ready"
@@ -434,11 +443,14 @@ def test_the_server_dies_with_its_parent(parent):
     port = next(c.laddr.port for c in inet_connections(child) if c.status == psutil.CONN_LISTEN)
     parent.send_signal(signal.SIGKILL)  # as a notebook kernel killed by the OS or "Restart"
     parent.wait()
-    try:
-        child.wait(timeout=15)
-    except psutil.TimeoutExpired:
-        child.kill()
-        pytest.fail("the server outlived its parent")
+    # exited: gone, or a zombie until the machine's init reaps the orphan (here ~1.7 s after it
+    # exited, which child.wait() would count as running)
+    deadline = time.monotonic() + 15
+    while not has_exited(child):
+        if time.monotonic() > deadline:
+            child.kill()
+            pytest.fail("the server outlived its parent")
+        time.sleep(0.05)
     assert not port_is_open(port)
     assert not Path(log_path).exists()  # issue 20, attack 15: the log goes with the orphaned server
 
@@ -607,7 +619,7 @@ def test_attack_14_and_15_logs_hold_no_values_no_tracebacks_and_are_capped(serve
 
 def test_a_newer_version_folder_is_served_as_tf_serving_polls_for_it(server, model_dir):
     shutil.copytree(model_dir / "2", model_dir / "3")  # version 3 = version 2's weights
-    deadline = time.monotonic() + 30  # --file_system_poll_wait_seconds: 1 s by default
+    deadline = time.monotonic() + 30  # --file_system_poll_wait_seconds=0.2 (1 s by default)
     while requests.get(f"{server.url}/v1/models/toy", timeout=30).json()["model_version_status"][0]["version"] != "3":
         assert time.monotonic() < deadline, "version 3 was not loaded"
         time.sleep(0.2)

@@ -18,7 +18,7 @@ def test_a_call_runs_on_the_pool_and_returns_its_value():
 def test_a_call_past_the_deadline_is_a_504_and_the_pool_still_serves():
     pool = RequestPool(threads=1, timeout_s=0.2)
     with pytest.raises(Refused) as refused:
-        asyncio.run(pool.run(time.sleep, 0.8))
+        asyncio.run(pool.run(time.sleep, 0.5))
     assert refused.value.status == 504 and "did not finish within 0.2 s" in refused.value.message
     # the sleeping call keeps its only thread; the next call runs once that thread is free
     assert asyncio.run(pool.run(lambda: 42, deadline=time.monotonic() + 30)) == 42

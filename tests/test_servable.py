@@ -78,9 +78,19 @@ def expected(x, scale=2):
     return np.array(x, np.float32) @ (W * scale) + B * scale
 
 
+_TOY_EXPORT = []  # the toy exported once per test process (~1.5 s), copied for each module that serves it
+
+
+def toy_models(tmp_path_factory):
+    """A fresh copy of the toy's version folders 1 and 2, which its user may change."""
+    if not _TOY_EXPORT:
+        _TOY_EXPORT.append(export_toy(tmp_path_factory.mktemp("toy-export") / "toy"))
+    return shutil.copytree(_TOY_EXPORT[0], tmp_path_factory.mktemp("models") / "toy")
+
+
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
-    return export_toy(tmp_path_factory.mktemp("models") / "toy")
+    return toy_models(tmp_path_factory)
 
 
 def answer(servable, body):

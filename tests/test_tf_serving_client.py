@@ -109,8 +109,12 @@ def test_start_refuses_a_version_folder_and_a_taken_rest_port_at_once(real_serve
 
 def test_on_a_version_folder_tf_serving_waits_and_wait_ready_says_why(real_server_on_path):
     server = ModelServer("mobilenet", "models/mobilenet/1").launch()  # launch(): no check first
+    deadline = time.monotonic() + 10
+    while "No versions of servable" not in Path(server.log_path).read_text():  # its first poll has run
+        assert time.monotonic() < deadline and server.process.poll() is None, Path(server.log_path).read_text()
+        time.sleep(0.05)
     with pytest.raises(TimeoutError) as error:
-        server.wait_ready(timeout=2)
+        server.wait_ready(timeout=0.5)
     # TF Serving's warning reaches the log (the helper does not set TF_CPP_MIN_LOG_LEVEL) and the error
     assert (f"No versions of servable mobilenet found under base path {os.path.abspath('models/mobilenet/1')}. "
             "Did you forget to name your leaf directory as a number (eg. '/1/')?") in str(error.value)
