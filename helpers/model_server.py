@@ -65,9 +65,10 @@ def listens_on(pid, port):
 
 
 def version_number(name):
-    """The version a folder name stands for, or None: ASCII digits within int64, as TF Serving parses
-    it (file_system_storage_path_source.cc:87-89 skips a name that does not parse); not str.isdigit(),
-    which accepts '²' (int() then fails) and '٢' (int() reads 2)."""
+    """The version a folder name stands for, or None: ASCII digits only, within int64; not
+    str.isdigit(), which accepts '²' (int() then fails) and '٢' (int() reads 2). TF Serving parses
+    the name with absl::SimpleAtoi (file_system_storage_path_source.cc:87-89), which also accepts
+    surrounding whitespace and a sign: it would serve '+3' or ' 3' as version 3, and this skips them."""
     return int(name) if re.fullmatch(r"[0-9]+", name) and int(name) < 2 ** 63 else None
 
 

@@ -23,8 +23,9 @@ BYTES_SUFFIX = "_bytes"  # json_tensor.cc kBytesTensorNameSuffix: such outputs a
 
 
 def latest_version(base_path, model_name):
-    """The highest version folder under `base_path`, as TF Serving picks it: (version, path). Folder
-    names follow `helpers.model_server.version_number` (ASCII digits within int64; others skipped)."""
+    """The highest version folder under `base_path`, the one TF Serving serves: (version, path). Folder
+    names follow `helpers.model_server.version_number` (ASCII digits within int64; others skipped,
+    also the signed or padded names such as '+3' that TF Serving would read as a version)."""
     versions = version_folders(base_path)
     if not versions:
         # TF Serving's own words, so the error reads the same with either engine.
