@@ -303,7 +303,8 @@ def restored_completely(status, method="assert_existing_objects_matched"):
     """Whether `status.<method>()` passes: True, or False after printing why it failed.
 
     TensorFlow's AssertionError lists the unmatched objects in no fixed order; this prints the
-    error's first sentence and the unmatched objects' names sorted. The failure has then been
+    error's first sentence (without the protobuf that some messages embed) and the unmatched
+    objects' names sorted (their checkpoint keys' paths, for a variable that got no value). The failure has then been
     reported, so the status is marked `expect_partial()`: no repeat of it in warnings logged
     when the restored objects are garbage-collected.
     """
@@ -315,9 +316,13 @@ def restored_completely(status, method="assert_existing_objects_matched"):
     except AssertionError as error:
         status.expect_partial()
         message = str(error)
-        print("AssertionError:", message.split(" Showing")[0].split("\n")[0])
-        names = re.findall(r"path=([^,]+)|<tf\.Variable '([^']+)'", message)
+        # "Object attributes {<a protobuf>} not assigned a value from checkpoint." (a variable that
+        # was created but got no value, as in chapter 3's trap): the sentence without the protobuf.
+        first = re.sub(r"\s*\{.*\}\s*", " ", message.split(" Showing")[0], flags=re.S)
+        print("AssertionError:", first.split("\n")[0])
+        names = re.findall(r"path=([^,]+)|<tf\.Variable '([^']+)'|checkpoint_key: \"([^\"]+?)/\.ATTRIBUTES/",
+                           message)
         if names:
-            print("unmatched:", sorted(a or b.removesuffix(":0") for a, b in names))
+            print("unmatched:", sorted(a or c or b.removesuffix(":0") for a, b, c in names))
         return False
     return True

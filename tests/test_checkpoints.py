@@ -281,3 +281,28 @@ def test_restore_newest_loadable_undoes_a_candidate_that_does_not_match(tmp_path
     assert prefix is None and skipped[0][0] == "ckpt-1" and "does not match" in skipped[0][1]
     # the skipped candidate's values were put back: variables and the iterator's position
     assert mine.v.numpy().tolist() == [0.0, 0.0] and float(mine.extra) == 5.0 and int(next(data)) == 0
+
+def test_restored_completely_names_a_variable_that_got_no_value(tmp_path, capsys):
+    """Chapter 3's trap: the restored model's kernel was created but never assigned. TensorFlow's
+    message embeds a protobuf; the helper prints its sentence and the key's path."""
+    from helpers.checkpoints import restored_completely
+    from helpers.toy import Net
+
+    class StudyNoteNet(tf.keras.Model):  # no build(): the kernel is created inside a failing trace
+        def __init__(self):
+            super().__init__()
+            self.l1 = tf.keras.layers.Dense(5)
+
+        def call(self, x):
+            return self.l1(x)
+
+    saved = Net()
+    saved.build((None, 1))
+    prefix = tf.train.Checkpoint(net=saved).write(str(tmp_path / "net"))
+    fresh = StudyNoteNet()
+    status = tf.train.Checkpoint(net=fresh).restore(prefix)
+    fresh(tf.zeros([1, 1]))
+    assert restored_completely(status) is False
+    out = capsys.readouterr().out.splitlines()
+    assert out == ["AssertionError: Object attributes not assigned a value from checkpoint.",
+                   "unmatched: ['net/l1/_kernel']"]
