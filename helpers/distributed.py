@@ -122,8 +122,9 @@ def run_cluster(script, directory, workers=2, worker_options=None, legacy_keras=
     `TF_CONFIG` naming it worker i, where OPTIONS is the JSON of `options` plus `worker_options[i]`;
     `legacy_keras` also sets `TF_USE_LEGACY_KERAS=1`, so that `tf.keras` is Keras 2. Once one worker
     has ended, the others get `grace` seconds to end too (a synchronous job fails without any of its
-    workers) and are then killed, as a cluster manager restarts a whole job. Every process is killed
-    and reaped before this returns, also on timeout (RuntimeError) or on an exception.
+    workers) and are then killed, as a cluster manager restarts a whole job. Every process still
+    running is killed, and every process reaped, before this returns, also on timeout (RuntimeError)
+    or on an exception.
     """
     if not os.path.isfile(script):
         raise FileNotFoundError(f"no worker script {script!r} (write it first, e.g. with %%writefile)")
