@@ -61,7 +61,9 @@ def test_model_server_puts_grpc_on_a_socket_file_so_two_servers_share_no_port(re
     second = ModelServer("mobilenet", "models/mobilenet")
     assert first.engine == "tensorflow_model_server"
     assert first.command()[-2:] == ["--port=0", f"--grpc_socket_path={grpc_socket_path('mobilenet', first.port)}"]
-    with first, second:  # without --port=0 both would listen for gRPC on port 8500 (sharing it, serving#1288)
+    first.launch(), second.launch()  # both load at once
+    try:  # without --port=0 both would listen for gRPC on port 8500 (sharing it, serving#1288)
+        first.wait_ready(), second.wait_ready()
         assert port_is_open(first.port) and port_is_open(second.port)
         assert Path(grpc_socket_path("mobilenet", first.port)).exists()
         for server in (first, second):  # started as chapter 7's Popen: no variable added, same process group
@@ -69,6 +71,8 @@ def test_model_server_puts_grpc_on_a_socket_file_so_two_servers_share_no_port(re
             assert {k: env.get(k) for k in os.environ} == dict(os.environ)
             assert set(env) - set(os.environ) <= {"COLUMNS", "LINES"}  # readline's, in the C environment
             assert os.getpgid(server.pid) == os.getpgid(0)
+    finally:
+        first.stop(), second.stop()
     assert not Path(grpc_socket_path("mobilenet", first.port)).exists()  # left by the killed server, removed
 
 
