@@ -306,3 +306,17 @@ def test_restored_completely_names_a_variable_that_got_no_value(tmp_path, capsys
     out = capsys.readouterr().out.splitlines()
     assert out == ["AssertionError: Object attributes not assigned a value from checkpoint.",
                    "unmatched: ['net/l1/_kernel']"]
+
+
+def test_restored_completely_with_assert_consumed_names_the_first_unused_value(trained, capsys):
+    """assert_consumed stops at the first value with nowhere to go: one line, no partial list."""
+    from helpers.checkpoints import restored_completely
+    from helpers.toy import Net
+    manager, _ = trained
+    net = Net()
+    net.build((None, 1))
+    status = tf.train.Checkpoint(net=net).restore(manager.latest_checkpoint)
+    assert restored_completely(status, "assert_consumed") is False
+    out = capsys.readouterr().out.splitlines()
+    assert len(out) == 1 and out[0].startswith("AssertionError: Unresolved object in checkpoint (root)."), out
+    assert not out[0].endswith("attributes"), out
