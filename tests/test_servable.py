@@ -218,6 +218,18 @@ def test_signatures_with_several_inputs_are_refused_at_load(tmp_path):
         SavedModelServable("m", str(tmp_path / "m")).load()
 
 
+def test_one_signature_with_two_outputs_refuses_the_whole_savedmodel(tmp_path):
+    """As chapter 7 says: chapter 4's `scale_and_double` (two outputs) beside a one-output
+    `serving_default` keeps the whole SavedModel off this engine."""
+    module = tf.Module()
+    module.one = tf.function(lambda x: {"y": x}, input_signature=[tf.TensorSpec([None], tf.float32)])
+    module.two = tf.function(lambda x: {"y": x, "z": 2 * x}, input_signature=[tf.TensorSpec([None], tf.float32)])
+    tf.saved_model.save(module, str(tmp_path / "m" / "1"),
+                        signatures={"serving_default": module.one, "scale_and_double": module.two})
+    with pytest.raises(ValueError, match="signature 'scale_and_double' has 1 inputs and 2 outputs"):
+        SavedModelServable("m", str(tmp_path / "m")).load()
+
+
 def test_warm_up_runs_the_model_so_it_is_off_by_default(tmp_path):
     canary = tmp_path / "ran.txt"
     module = tf.Module()
