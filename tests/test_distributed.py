@@ -85,32 +85,6 @@ def test_restore_across_device_counts_is_bit_identical(tmp_path):
     assert len(results) == 5 and all(results.values()), results
 
 
-# A one-worker cluster whose TF_CONFIG names 127.0.0.1: where does its gRPC server listen?
-LISTENING = """
-import json, os, sys
-
-import psutil
-
-port = int(sys.argv[1])
-os.environ["TF_CONFIG"] = json.dumps({"cluster": {"worker": [f"127.0.0.1:{port}"]},
-                                      "task": {"type": "worker", "index": 0}})
-import tensorflow as tf
-
-strategy = tf.distribute.MultiWorkerMirroredStrategy()
-print(json.dumps(sorted({c.laddr.ip for c in psutil.Process().connections("inet")
-                         if c.status == "LISTEN" and c.laddr.port == port})))
-"""
-
-
-def test_a_workers_server_listens_on_every_interface_whatever_tf_config_names():
-    """Chapter 12 says so: TensorFlow takes only the port from the worker's address."""
-    result = subprocess.run([sys.executable, "-c", LISTENING, str(free_port())], capture_output=True,
-                            text=True, timeout=300)
-    assert result.returncode == 0, result.stderr[-3000:]
-    addresses = json.loads(result.stdout.strip().splitlines()[-1])
-    assert addresses and set(addresses) <= {"::", "0.0.0.0"}, addresses
-
-
 def chapter_script(name, folder):
     """Write the chapter's `%%writefile NAME` cell into `folder`, as the chapter does; its path."""
     for cell in nbformat.read(CHAPTER, as_version=4).cells:
@@ -258,15 +232,24 @@ def test_no_worker_or_port_survives_a_timeout(tmp_path, monkeypatch, fake_worker
 
 def test_the_custom_loop_runs_under_keras_2_too(tmp_path):
     """Chapter 12: unlike Keras 3's `fit`, its `train_worker.py` runs on both Keras versions (it
-    uses `apply_gradients`; tf_keras's optimizers have no `apply`)."""
+    uses `apply_gradients`; tf_keras's optimizers have no `apply`); and each worker's gRPC server
+    listens on every interface, whatever host TF_CONFIG names."""
     pytest.importorskip("tf_keras")
     chapter_script("train_worker.py", tmp_path)
     wrapper = tmp_path / "keras_reporting_worker.py"  # the chapter's `train`, after naming its Keras
-    wrapper.write_text("import tensorflow as tf\n"
+    wrapper.write_text("import json, os\n"
+                       "import psutil\n"
+                       "import tensorflow as tf\n"
                        "from helpers.distributed import report, run_worker\n"
                        "from train_worker import train\n"
                        "report('keras', tf.keras.__name__.split('.')[0])\n"
-                       "run_worker(train)\n")
+                       "def train_then_report_the_listening_address(directory, **options):\n"
+                       "    train(directory, **options)\n"
+                       "    config = json.loads(os.environ['TF_CONFIG'])\n"
+                       "    port = int(config['cluster']['worker'][config['task']['index']].rsplit(':', 1)[1])\n"
+                       "    report('listening', sorted({c.laddr.ip for c in psutil.Process().connections('inet')\n"
+                       "                                if c.status == 'LISTEN' and c.laddr.port == port}))\n"
+                       "run_worker(train_then_report_the_listening_address)\n")
     legacy = run_cluster(str(wrapper), tmp_path / "run", legacy_keras=True)
     assert legacy.exit_codes == [0, 0], (legacy.reports, legacy.stderr)
     assert _no_trace(legacy)
@@ -275,6 +258,11 @@ def test_the_custom_loop_runs_under_keras_2_too(tmp_path):
         assert legacy.first(worker, "saved")[:2] == [5, "ckpt-1" if worker == 0 else "workertemp_1/ckpt-1"]
         assert legacy.first(worker, "done")[:2] == [12, 48.0]
     assert legacy.first(0, "done") == legacy.first(1, "done")
+    # Chapter 12: TensorFlow takes only the port from a worker's 127.0.0.1 address; its gRPC server
+    # listens on every interface.
+    for worker in (0, 1):
+        addresses = legacy.first(worker, "listening")[0]
+        assert addresses and set(addresses) <= {"::", "0.0.0.0"}, addresses
 
 
 def test_a_preempted_cluster_restarts_at_its_save(tmp_path):
