@@ -6,8 +6,9 @@ Four rules make the numbers honest:
 - a save counts as done when its bytes are on the disk: `durable` = the API call + `fsync` of every
   file and folder it wrote (`returned` keeps the time the API call alone took);
 - every load runs in a fresh child process, timed inside the child around the load call only
-  (not the TensorFlow import or the model building), after the artifact's pages were dropped from
-  the page cache (`drop_cache`);
+  (not the TensorFlow import; for the weights and checkpoint formats not the model building either,
+  which their load needs done first, while `load_model` and the SavedModel loads build what they
+  load inside the clock), after the artifact's pages were dropped from the page cache (`drop_cache`);
 - the limit is the same number of bytes written as one raw file and fsync'ed, read back cold and warm.
 
 `measure` drives it all; `python -m helpers.benchmark save|load ...` is what runs in the children.
