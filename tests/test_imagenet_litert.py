@@ -58,7 +58,7 @@ def test_corrupt_cached_weights_are_named_not_replaced(tmp_path, monkeypatch):
     cached.write_bytes(b"<html>captive portal</html>")
     build = functools.partial(tf.keras.applications.MobileNet, alpha=0.25, input_shape=(128, 128, 3))
     with pytest.raises(CorruptCacheError, match=rf"cached weights file '{cached}' is corrupt "
-                       r"\(Unable to synchronously open file.*\): delete it"):
+                       r"\(Unable to synchronously open file \(file signature not found\)\): delete it"):
         pretrained_or_standin(build)
 
 
