@@ -304,10 +304,10 @@ def restored_completely(status, method="assert_existing_objects_matched"):
 
     TensorFlow's AssertionError lists the unmatched objects in no fixed order; this prints the
     error's first sentence (without the protobuf that some messages embed) and the unmatched
-    objects' names sorted (their checkpoint keys' paths, for a variable that got no value).
-    `assert_consumed` reports only the first checkpoint value left unused, which the sentence names. The failure has then been
-    reported, so the status is marked `expect_partial()`: no repeat of it in warnings logged
-    when the restored objects are garbage-collected.
+    objects' names sorted (their checkpoint keys' paths, for a variable that got no value);
+    `assert_consumed` reports only the first checkpoint value left unused, which the sentence
+    names. The failure has then been reported, so the status is marked `expect_partial()`: no
+    repeat of it in warnings logged when the restored objects are garbage-collected.
     """
     if method not in ("assert_consumed", "assert_existing_objects_matched"):
         raise ValueError(f"method must be 'assert_consumed' or 'assert_existing_objects_matched', "

@@ -19,11 +19,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+from build_student_edition import SOURCES as BOOK_SOURCES
+
 ROOT = Path(__file__).resolve().parent.parent
-# Everything the three builds read: the book's sources (as build_student_edition.py copies them),
+# Everything the three builds read: the book's sources (the ones build_student_edition.py copies),
 # the scripts that build it, and the pinned toolchain.
-SOURCES = ["_config.yml", "_toc.yml", "_ext", "_static", "locales", "notebooks", "*.md",
-           "requirements.txt", "scripts/build_book.py", "scripts/translation.py",
+SOURCES = [*BOOK_SOURCES, "requirements.txt", "scripts/build_book.py", "scripts/translation.py",
            "scripts/build_student_edition.py"]
 STAMP = Path("_build") / "book.sha256"
 

@@ -1,5 +1,4 @@
 """Shared fixtures: a small training checkpoint, small SavedModels, and the built HTML book."""
-import contextlib
 import os
 from pathlib import Path
 
@@ -30,15 +29,20 @@ def _current_build():
     return current_build(ROOT)
 
 
-@contextlib.contextmanager
-def _shared_folder(tmp_path_factory, name):
-    """A folder all test processes share, held under a lock: the first one builds, the others reuse."""
+def _built_once(tmp_path_factory, name, build):
+    """`build(folder)` run once for all test processes: the first one builds under a lock, the
+    others wait for it and reuse the folder."""
     import fcntl
     base = tmp_path_factory.getbasetemp()
     shared = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
     with open(shared / f"{name}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        yield shared / name
+        folder = shared / name
+        if not (folder / "done").exists():
+            folder.mkdir(exist_ok=True)
+            build(folder)
+            (folder / "done").touch()
+    return folder
 
 
 @pytest.fixture(scope="session")
@@ -48,23 +52,21 @@ def built_book(tmp_path_factory):
     (scripts/build_book.py), else built once into a folder the test processes share."""
     import subprocess
     import sys
-    build = _current_build()
-    if build:
-        return build / "html"
-    with _shared_folder(tmp_path_factory, "book") as out:
-        html = out / "_build" / "html"
-        if (out / "done").exists():
-            return html
+    current = _current_build()
+    if current:
+        return current / "html"
+
+    def build_both_editions(out):
         result = subprocess.run(
             [str(Path(sys.executable).with_name("jupyter-book")), "build", str(ROOT), "--path-output",
              str(out), "-W", "-n", "--keep-going", "-q"], capture_output=True, text=True)
         assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
         sys.path.insert(0, str(ROOT / "scripts"))
         from translation import build
-        result = build("zh_CN", source=ROOT, output=html / "zh_CN", work=out / "zh_CN")
+        result = build("zh_CN", source=ROOT, output=out / "_build" / "html" / "zh_CN", work=out / "zh_CN")
         assert result.returncode == 0, "Chinese edition: " + result.stdout[-3000:] + result.stderr[-3000:]
-        (out / "done").touch()
-        return html
+
+    return _built_once(tmp_path_factory, "book", build_both_editions) / "_build" / "html"
 
 
 @pytest.fixture(scope="session")
@@ -73,16 +75,16 @@ def student_edition(tmp_path_factory):
     languages. README's build when its sources digest still matches, else built once."""
     import subprocess
     import sys
-    build = _current_build()
-    if build:
-        return build / "student"
-    with _shared_folder(tmp_path_factory, "student") as out:
-        if not (out / "done").exists():
-            result = subprocess.run([sys.executable, str(ROOT / "scripts" / "build_student_edition.py"),
-                                     str(out)], capture_output=True, text=True)
-            assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
-            (out / "done").touch()
-        return out
+    current = _current_build()
+    if current:
+        return current / "student"
+
+    def build_student_edition(out):
+        result = subprocess.run([sys.executable, str(ROOT / "scripts" / "build_student_edition.py"),
+                                 str(out)], capture_output=True, text=True)
+        assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+
+    return _built_once(tmp_path_factory, "student", build_student_edition)
 
 
 @pytest.fixture(scope="session")
