@@ -2,21 +2,27 @@
 address each other at 127.0.0.1 (TensorFlow's gRPC server in each still listens on every interface).
 
 A worker is a script the chapter writes on the page (`%%writefile train_worker.py`). `run_cluster`
-starts it once per worker, as ``[sys.executable, SCRIPT, abspath(DIRECTORY), OPTIONS_JSON]``, with
-that worker's own `TF_CONFIG` (ports picked free at run time), collects the JSON lines each worker
-prints, and leaves no process behind. A worker script imports from here `report` (one JSON line for
+runs it once per worker, as ``python SCRIPT abspath(DIRECTORY) OPTIONS_JSON`` would, with that
+worker's own `TF_CONFIG` (ports picked free at run time), collects the JSON lines each worker
+prints, and leaves no process behind. Each worker is its own process, forked from a launcher that
+has already imported TensorFlow (chapter 10's idea): a fork takes milliseconds, an import seconds. A worker script imports from here `report` (one JSON line for
 the parent), `die` (SIGKILL itself: a lost machine), `write_directory` (where a worker saves),
 `run_worker` (its options, its error, its exit) and `build_model` (the chapter's small Keras model). Each worker decides
 itself when it dies (at a step or batch it was given), so a run's outcome does not depend on how
 busy the machine is.
 """
+import atexit
 import json
 import os
+import runpy
+import select
 import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+import traceback
 
 from .model_server import free_port
 
@@ -118,13 +124,15 @@ def run_cluster(script, directory, workers=2, worker_options=None, legacy_keras=
                 timeout=180, **options):
     """Run the worker `script` on `workers` local processes, one cluster, to the end.
 
-    Worker i runs ``[sys.executable, script, abspath(directory), OPTIONS]`` (its `commands[i]`) with
-    `TF_CONFIG` naming it worker i, where OPTIONS is the JSON of `options` plus `worker_options[i]`;
-    `legacy_keras` also sets `TF_USE_LEGACY_KERAS=1`, so that `tf.keras` is Keras 2. Once one worker
-    has ended, the others get `grace` seconds to end too (a synchronous job fails without any of its
-    workers) and are then killed, as a cluster manager restarts a whole job. Every process still
-    running is killed, and every process reaped, before this returns, also on timeout (RuntimeError)
-    or on an exception.
+    Worker i runs `script` as the command ``[sys.executable, script, abspath(directory), OPTIONS]``
+    (its `commands[i]`) would: that `sys.argv`, this process's working folder, and this process's
+    environment plus a `TF_CONFIG` naming it worker i, where OPTIONS is the JSON of `options` plus
+    `worker_options[i]`; `legacy_keras` also sets `TF_USE_LEGACY_KERAS=1`, so that `tf.keras` is
+    Keras 2. The workers are forked by a `WorkerLauncher` that imported TensorFlow in that same
+    environment. Once one worker has ended, the others get `grace` seconds to end too (a
+    synchronous job fails without any of its workers) and are then killed, as a cluster manager
+    restarts a whole job. Every worker still running is killed, and every worker reaped, before
+    this returns, also on timeout (RuntimeError) or on an exception.
     """
     if not os.path.isfile(script):
         raise FileNotFoundError(f"no worker script {script!r} (write it first, e.g. with %%writefile)")
@@ -136,15 +144,17 @@ def run_cluster(script, directory, workers=2, worker_options=None, legacy_keras=
     ports = [free_port() for _ in range(workers)]
     addresses = [f"127.0.0.1:{port}" for port in ports]
     env = {**os.environ, "TF_USE_LEGACY_KERAS": "1"} if legacy_keras else dict(os.environ)
+    launcher = _launcher(env)
     commands, processes, outputs = [], [], []
     try:
         for index in range(workers):
             arguments = json.dumps({**options, **worker_options.get(index, {})})
             commands.append([sys.executable, script, os.path.abspath(directory), arguments])
-            out, err = tempfile.TemporaryFile("w+"), tempfile.TemporaryFile("w+")
+            out, err = (tempfile.NamedTemporaryFile("w+", prefix=f"worker{index}-", suffix=suffix)
+                        for suffix in (".out", ".err"))
             outputs.append((out, err))
-            processes.append(subprocess.Popen(commands[-1], stdout=out, stderr=err,
-                                              env={**env, "TF_CONFIG": tf_config(addresses, index)}))
+            processes.append(launcher.start(commands[-1], {**env, "TF_CONFIG": tf_config(addresses, index)},
+                                            stdout=out.name, stderr=err.name))
         _wait(processes, timeout, grace)
         reports, stderr = [], []
         for out, err in outputs:
@@ -182,3 +192,211 @@ def _wait(processes, timeout, grace):
                     p.kill()
             raise RuntimeError(f"the cluster did not finish within {timeout} s; its workers were killed")
         time.sleep(0.02)
+
+
+# ---------------------------------------------------------------------------------------------
+# The launcher: importing TensorFlow costs seconds of CPU per process; the launcher pays it once and
+# forks each worker from there (a fork takes milliseconds). A forked worker is still a process of its
+# own: its own TensorFlow runtime and gRPC server, its own exit code, killed alone by SIGKILL.
+
+_HELPERS_PARENT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def serve_workers():
+    """The launcher's process: import TensorFlow (no op runs before a fork), then read requests from
+    stdin, one JSON line each: ["start", {...}] forks a worker and answers "pid PID"; ["kill", PID]
+    SIGKILLs a worker not yet reaped. Each reaped worker is reported as "exit PID CODE". At the end
+    of stdin (the parent closed it, or died) every worker left is killed and reaped, then it ends."""
+    import tensorflow as tf
+
+    tf.distribute.MultiWorkerMirroredStrategy, tf.keras.Sequential  # noqa: B018 (load lazy modules)
+    os.write(1, b"ready\n")
+    workers, pending, reading = set(), b"", True
+    while reading or workers:
+        if reading and select.select([0], [], [], 0.02 if workers else None)[0]:
+            chunk = os.read(0, 65536)
+            if not chunk:
+                reading = False
+                for pid in workers:
+                    os.kill(pid, signal.SIGKILL)
+            pending += chunk
+            while b"\n" in pending:
+                line, pending = pending.split(b"\n", 1)
+                command, value = json.loads(line)
+                if command == "start":
+                    pid = os.fork()
+                    if pid == 0:
+                        _run_as_worker(**value)  # never returns
+                    workers.add(pid)
+                    os.write(1, f"pid {pid}\n".encode())
+                elif command == "kill" and value in workers:
+                    os.kill(value, signal.SIGKILL)
+        elif not reading:
+            time.sleep(0.02)
+        for pid in list(workers):
+            done, status = os.waitpid(pid, os.WNOHANG)
+            if done:
+                workers.discard(pid)
+                os.write(1, f"exit {pid} {os.waitstatus_to_exitcode(status)}\n".encode())
+
+
+def _run_as_worker(argv, env, cwd, stdout, stderr):
+    """In the forked child: become ``python SCRIPT ARGS...`` (argv), then end with its exit code."""
+    code = 1
+    try:
+        for fd, path, flags in ((0, os.devnull, os.O_RDONLY), (1, stdout, os.O_WRONLY | os.O_APPEND),
+                                (2, stderr, os.O_WRONLY | os.O_APPEND)):
+            os.dup2(os.open(path, flags), fd)  # stdin is not the launcher's pipe; stdout and stderr the files
+        os.chdir(cwd)
+        os.environ.clear()
+        os.environ.update(env)
+        sys.argv = list(argv[1:])
+        sys.path[0] = os.path.dirname(os.path.abspath(sys.argv[0]))  # as `python SCRIPT` sets it
+        runpy.run_path(sys.argv[0], run_name="__main__")
+        code = 0
+    except SystemExit as exit_:  # as Python does: None is 0, an integer is kept, a message is printed, 1
+        code = 0 if exit_.code is None else exit_.code if isinstance(exit_.code, int) else 1
+        if not isinstance(exit_.code, (int, type(None))):
+            print(exit_.code, file=sys.stderr)
+    except BaseException:  # noqa: BLE001 (printed to the worker's stderr, as Python does)
+        traceback.print_exc()
+    finally:
+        try:
+            sys.stdout.flush()
+            sys.stderr.flush()
+        finally:
+            os._exit(code)
+
+
+class WorkerLauncher:
+    """A process that imported TensorFlow once, in environment `env`, and forks workers on request."""
+
+    def __init__(self, env):
+        self.env = dict(env)
+        self._log = tempfile.TemporaryFile()
+        self._changed = threading.Condition()
+        self._ready, self._ended, self._pids, self._exits = False, False, [], {}
+        self._start_lock = threading.Lock()
+        self.process = subprocess.Popen(
+            [sys.executable, "-c", "from helpers.distributed import serve_workers; serve_workers()"],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._log, env=self.env,
+            cwd=_HELPERS_PARENT)
+        threading.Thread(target=self._read_answers, daemon=True).start()
+        with self._changed:
+            self._changed.wait_for(lambda: self._ready or self._ended)
+        if not self._ready:
+            raise RuntimeError("the worker launcher did not start; its log ends:\n" + self.log_tail())
+
+    def _read_answers(self):
+        for line in self.process.stdout:
+            event, *values = line.decode().split()
+            with self._changed:
+                if event == "ready":
+                    self._ready = True
+                elif event == "pid":
+                    self._pids.append(int(values[0]))
+                elif event == "exit":
+                    self._exits[int(values[0])] = int(values[1])
+                self._changed.notify_all()
+        with self._changed:
+            self._ended = True
+            self._changed.notify_all()
+
+    def _send(self, command, value):
+        self.process.stdin.write(json.dumps([command, value]).encode() + b"\n")
+        self.process.stdin.flush()
+
+    def start(self, argv, env, stdout, stderr, cwd=None):
+        """Fork a worker that runs argv[1] (a script) as the command `argv` would, in environment `env`,
+        its standard output and error appended to the files `stdout` and `stderr`; its `ForkedWorker`."""
+        with self._start_lock, self._changed:
+            count = len(self._pids)
+            self._send("start", {"argv": list(argv), "env": dict(env), "cwd": cwd or os.getcwd(),
+                                 "stdout": stdout, "stderr": stderr})
+            self._changed.wait_for(lambda: len(self._pids) > count or self._ended)
+            if self._ended:
+                raise RuntimeError("the worker launcher ended; its log ends:\n" + self.log_tail())
+            return ForkedWorker(self, self._pids[count])
+
+    def exit_code(self, pid):
+        with self._changed:
+            if pid not in self._exits and self._ended:
+                raise RuntimeError("the worker launcher ended; its log ends:\n" + self.log_tail())
+            return self._exits.get(pid)
+
+    def kill(self, pid):
+        self._send("kill", pid)  # the launcher kills it only if not yet reaped: never a reused PID
+
+    def wait(self, pid, timeout=None):
+        with self._changed:
+            if not self._changed.wait_for(lambda: pid in self._exits or self._ended, timeout):
+                raise subprocess.TimeoutExpired(f"worker {pid}", timeout)
+        return self.exit_code(pid)
+
+    def alive(self):
+        return self.process.poll() is None and not self._ended
+
+    def close(self):
+        """End the launcher: it kills and reaps any worker left, then exits."""
+        if self.process.poll() is None:
+            try:
+                self.process.stdin.close()
+            except BrokenPipeError:
+                pass
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self._log.close()
+
+    def log_tail(self, lines=15):
+        self._log.seek(0)
+        return "".join(self._log.read().decode(errors="replace").splitlines(True)[-lines:])
+
+
+class ForkedWorker:
+    """One worker forked by a `WorkerLauncher`, with the part of `subprocess.Popen`'s interface that
+    `run_cluster` uses: `pid`, `returncode`, `poll()`, `kill()` (SIGKILL), `wait()`."""
+
+    def __init__(self, launcher, pid):
+        self._launcher, self.pid, self.returncode = launcher, pid, None
+
+    def poll(self):
+        self.returncode = self._launcher.exit_code(self.pid)
+        return self.returncode
+
+    def kill(self):
+        if self.poll() is None:
+            self._launcher.kill(self.pid)
+
+    def wait(self, timeout=None):
+        self.returncode = self._launcher.wait(self.pid, timeout)
+        return self.returncode
+
+
+_LAUNCHERS = {}  # TF_USE_LEGACY_KERAS value -> the WorkerLauncher for that Keras
+_BOOKKEEPING = ("PYTEST_CURRENT_TEST",)  # changes with every test; TensorFlow never reads it
+
+
+def _launcher(env):
+    """The launcher for environment `env`: the running one if it was started in the same environment,
+    else a new one (what TensorFlow read from the environment at import must be the workers' own).
+    Each worker still gets `env` itself, pytest's bookkeeping variable included."""
+    def compared(variables):
+        return {name: value for name, value in variables.items() if name not in _BOOKKEEPING}
+
+    key = env.get("TF_USE_LEGACY_KERAS")
+    launcher = _LAUNCHERS.get(key)
+    if launcher is not None and (compared(launcher.env) != compared(env) or not launcher.alive()):
+        launcher.close()
+        launcher = None
+    if launcher is None:
+        launcher = _LAUNCHERS[key] = WorkerLauncher(env)
+    return launcher
+
+
+@atexit.register
+def _close_launchers():
+    while _LAUNCHERS:
+        _LAUNCHERS.popitem()[1].close()

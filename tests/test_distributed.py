@@ -225,9 +225,104 @@ def test_no_worker_or_port_survives_a_timeout(tmp_path, monkeypatch, fake_worker
     monkeypatch.setattr(distributed, "free_port", recorded_free_port)
     with pytest.raises(RuntimeError, match="did not finish within 2 s"):
         run_cluster(fake_worker, tmp_path, timeout=2)  # both workers listen and sleep
-    children = psutil.Process().children(recursive=True)
-    assert [c for c in children if fake_worker in " ".join(c.cmdline())] == []
+    launcher = distributed._LAUNCHERS[None].process.pid  # the workers' parent
+    assert psutil.Process(launcher).children() == []
     assert len(ports) == 2 and [port for port in ports if port_is_open(port)] == []
+
+
+# What a worker can see of how it was started: `run_cluster` forks it from a launcher, and it must
+# run as `python SCRIPT ARGS...` would. Each line below is compared between the two ways.
+SEEN_BY_A_SCRIPT = """
+import os, sys
+print(sys.argv, os.getcwd(), sys.path[0], os.environ.get("SEEN"), sys.stdin.read(), flush=True)
+print("to stderr", file=sys.stderr)
+{ending}
+"""
+
+
+@pytest.mark.parametrize("ending", ["pass", "sys.exit()", "sys.exit(3)", "sys.exit('bye')",
+                                    "raise ValueError('wrong')", "os.kill(os.getpid(), 9)"])
+def test_a_forked_worker_runs_as_python_script_would(tmp_path, monkeypatch, ending):
+    """Same argv, folder, sys.path[0], environment, empty stdin, stdout, stderr and exit code."""
+    script = tmp_path / "scripts" / "seen.py"
+    script.parent.mkdir()
+    script.write_text(SEEN_BY_A_SCRIPT.format(ending=ending))
+    monkeypatch.chdir(tmp_path)
+    argv = [sys.executable, os.path.join("scripts", "seen.py"), "one", '{"two": 2}']
+    env = {**os.environ, "SEEN": "yes"}
+    python = subprocess.run(argv, env=env, capture_output=True, text=True, stdin=subprocess.DEVNULL,
+                            timeout=60)
+    out, err = tmp_path / "out", tmp_path / "err"
+    out.touch()
+    err.touch()
+    forked = distributed._launcher(dict(os.environ)).start(argv, env, stdout=str(out), stderr=str(err))
+    assert forked.wait(timeout=60) == python.returncode
+    assert out.read_text() == python.stdout and "yes" in python.stdout
+    assert err.read_text().splitlines()[-1:] == python.stderr.splitlines()[-1:]
+    assert ("Traceback" in err.read_text()) == ("Traceback" in python.stderr)
+
+
+WORKER_SEES_ITS_PROCESS = """
+import os
+from tensorflow.python.eager import context
+from helpers.distributed import report
+report("process", os.getpid(), os.getppid(), context.context()._initialized)
+"""
+
+
+def test_each_worker_is_its_own_process_forked_before_any_tensorflow_op(tmp_path):
+    """Chapter 12: the launcher runs no TensorFlow op before it forks, so each worker starts its
+    own runtime; each worker is a child of the launcher, not of this process."""
+    script = tmp_path / "worker.py"
+    script.write_text(WORKER_SEES_ITS_PROCESS)
+    run = run_cluster(str(script), tmp_path / "run")
+    launcher = distributed._LAUNCHERS[None].process.pid
+    seen = [run.first(worker, "process") for worker in (0, 1)]
+    assert [pid for pid, _, _ in seen] == run.pids and len({launcher, os.getpid(), *run.pids}) == 4
+    assert [(parent, initialized) for _, parent, initialized in seen] == [(launcher, False)] * 2
+
+
+KILLED_PARENT = """
+import json, os, sys, time
+from helpers import distributed
+launcher = distributed._launcher(dict(os.environ))
+worker = launcher.start([sys.executable, sys.argv[1], sys.argv[3], "{}"],  # the fake worker sleeps
+                        dict(os.environ, TF_CONFIG=sys.argv[2]),
+                        stdout=os.devnull, stderr=os.devnull)
+print(json.dumps([launcher.process.pid, worker.pid]), flush=True)
+time.sleep(600)
+"""
+
+
+def test_a_launcher_and_its_workers_end_when_their_parent_is_killed(tmp_path, fake_worker):
+    """Chapter 12: a launcher ends with the kernel that started it, and kills what it started."""
+    config = tf_config([f"127.0.0.1:{free_port()}"], 0)
+    parent = subprocess.Popen([sys.executable, "-c", KILLED_PARENT, fake_worker, config, str(tmp_path)],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        launcher, worker = json.loads(parent.stdout.readline())
+        time.sleep(1)
+        assert psutil.Process(worker).status() != psutil.STATUS_ZOMBIE  # asleep, as the parent is
+        parent.kill()
+        parent.wait()
+        gone, alive = psutil.wait_procs([psutil.Process(launcher)], timeout=30)
+        assert alive == [] and not psutil.pid_exists(worker)
+    finally:
+        parent.kill()
+        parent.wait()
+
+
+def test_a_launcher_is_reused_until_the_environment_changes(tmp_path, fake_worker, monkeypatch):
+    """A new launcher when a variable TensorFlow could read at import changed; the same one for
+    pytest's own bookkeeping variable (each worker still gets the environment as it is now)."""
+    first = distributed._launcher(dict(os.environ))
+    monkeypatch.setenv("PYTEST_CURRENT_TEST", "something else")
+    assert distributed._launcher(dict(os.environ)) is first
+    monkeypatch.setenv("TF_ENABLE_ONEDNN_OPTS", "0")
+    changed = distributed._launcher(dict(os.environ))
+    assert changed is not first and first.process.poll() is not None
+    run = run_cluster(fake_worker, tmp_path, env=True, exit=0)
+    assert run.first(0, "env")[0]["PYTEST_CURRENT_TEST"] == "something else"
 
 
 def test_the_custom_loop_runs_under_keras_2_too(tmp_path):
