@@ -202,14 +202,16 @@ def _wait(processes, timeout, grace):
 _HELPERS_PARENT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def serve_workers():
+def serve_workers(tensorflow=True):
     """The launcher's process: import TensorFlow (no op runs before a fork), then read requests from
     stdin, one JSON line each: ["start", {...}] forks a worker and answers "pid PID"; ["kill", PID]
     SIGKILLs a worker not yet reaped. Each reaped worker is reported as "exit PID CODE". At the end
-    of stdin (the parent closed it, or died) every worker left is killed and reaped, then it ends."""
-    import tensorflow as tf
+    of stdin (the parent closed it, or died) every worker left is killed and reaped, then it ends.
+    (`tensorflow=False`: import nothing first, for tests of the launcher itself.)"""
+    if tensorflow:
+        import tensorflow as tf
 
-    tf.distribute.MultiWorkerMirroredStrategy, tf.keras.Sequential  # noqa: B018 (load lazy modules)
+        tf.distribute.MultiWorkerMirroredStrategy, tf.keras.Sequential  # noqa: B018 (load lazy modules)
     os.write(1, b"ready\n")
     workers, pending, reading = set(), b"", True
     while reading or workers:
@@ -271,14 +273,15 @@ def _run_as_worker(argv, env, cwd, stdout, stderr):
 class WorkerLauncher:
     """A process that imported TensorFlow once, in environment `env`, and forks workers on request."""
 
-    def __init__(self, env):
+    def __init__(self, env, tensorflow=True):
         self.env = dict(env)
         self._log = tempfile.TemporaryFile()
         self._changed = threading.Condition()
         self._ready, self._ended, self._pids, self._exits = False, False, [], {}
         self._start_lock = threading.Lock()
         self.process = subprocess.Popen(
-            [sys.executable, "-c", "from helpers.distributed import serve_workers; serve_workers()"],
+            [sys.executable, "-c", "from helpers.distributed import serve_workers; "
+                                   f"serve_workers(tensorflow={bool(tensorflow)})"],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._log, env=self.env,
             cwd=_HELPERS_PARENT)
         threading.Thread(target=self._read_answers, daemon=True).start()

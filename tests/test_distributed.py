@@ -8,7 +8,9 @@ chapter's own worker scripts (read from the notebook) run the custom loop under 
 tf_keras's per-epoch BackupAndRestore after the chief is killed, and restart the preempted cluster
 from its save; and `run_cluster` passes each worker its options and exactly this environment plus
 its `TF_CONFIG`, waits its grace period, and leaves no process or listening port behind, also when
-it gives up (these with tiny worker scripts that start no TensorFlow)."""
+it gives up (these with tiny worker scripts that start no TensorFlow); its launcher runs each
+worker as `python SCRIPT ARGS` would, forks it before any TensorFlow op, reuses itself while the
+environment is the same, and ends, with its workers, when its parent dies."""
 import json
 import os
 import subprocess
@@ -285,10 +287,9 @@ def test_each_worker_is_its_own_process_forked_before_any_tensorflow_op(tmp_path
 KILLED_PARENT = """
 import json, os, sys, time
 from helpers import distributed
-launcher = distributed._launcher(dict(os.environ))
+launcher = distributed.WorkerLauncher(dict(os.environ), tensorflow=False)
 worker = launcher.start([sys.executable, sys.argv[1], sys.argv[3], "{}"],  # the fake worker sleeps
-                        dict(os.environ, TF_CONFIG=sys.argv[2]),
-                        stdout=os.devnull, stderr=os.devnull)
+                        dict(os.environ, TF_CONFIG=sys.argv[2]), stdout=os.devnull, stderr=os.devnull)
 print(json.dumps([launcher.process.pid, worker.pid]), flush=True)
 time.sleep(600)
 """
@@ -312,17 +313,30 @@ def test_a_launcher_and_its_workers_end_when_their_parent_is_killed(tmp_path, fa
         parent.wait()
 
 
-def test_a_launcher_is_reused_until_the_environment_changes(tmp_path, fake_worker, monkeypatch):
-    """A new launcher when a variable TensorFlow could read at import changed; the same one for
-    pytest's own bookkeeping variable (each worker still gets the environment as it is now)."""
-    first = distributed._launcher(dict(os.environ))
-    monkeypatch.setenv("PYTEST_CURRENT_TEST", "something else")
-    assert distributed._launcher(dict(os.environ)) is first
-    monkeypatch.setenv("TF_ENABLE_ONEDNN_OPTS", "0")
-    changed = distributed._launcher(dict(os.environ))
-    assert changed is not first and first.process.poll() is not None
-    run = run_cluster(fake_worker, tmp_path, env=True, exit=0)
-    assert run.first(0, "env")[0]["PYTEST_CURRENT_TEST"] == "something else"
+def test_a_launcher_is_reused_until_the_environment_changes(monkeypatch):
+    """A new launcher when a variable TensorFlow could read at import changed, one per Keras, and
+    the same one when only pytest's bookkeeping variable changed (each worker still gets the
+    environment as it is then: test_workers_get_this_environment_plus_their_tf_config_only)."""
+    class Recorded:
+        def __init__(self, env):
+            self.env, self.closed = env, False
+
+        def alive(self):
+            return not self.closed
+
+        def close(self):
+            self.closed = True
+
+    monkeypatch.setattr(distributed, "WorkerLauncher", Recorded)
+    monkeypatch.setattr(distributed, "_LAUNCHERS", {})
+    env = {"PATH": "/bin", "PYTEST_CURRENT_TEST": "a"}
+    first = distributed._launcher(env)
+    assert distributed._launcher({**env, "PYTEST_CURRENT_TEST": "b"}) is first
+    changed = distributed._launcher({**env, "TF_ENABLE_ONEDNN_OPTS": "0"})
+    assert changed is not first and first.closed
+    legacy = distributed._launcher({**env, "TF_ENABLE_ONEDNN_OPTS": "0", "TF_USE_LEGACY_KERAS": "1"})
+    assert legacy is not changed and not changed.closed
+    assert distributed._launcher({**env, "TF_ENABLE_ONEDNN_OPTS": "0"}) is changed
 
 
 def test_the_custom_loop_runs_under_keras_2_too(tmp_path):
