@@ -5,16 +5,17 @@ A worker is a script the chapter writes on the page (`%%writefile train_worker.p
 runs it once per worker, as ``python SCRIPT abspath(DIRECTORY) OPTIONS_JSON`` would, with that
 worker's own `TF_CONFIG` (ports picked free at run time), collects the JSON lines each worker
 prints, and leaves no process behind. Each worker is its own process, forked from a launcher that
-has already imported TensorFlow (chapter 10's idea): a fork takes milliseconds, an import seconds. A worker script imports from here `report` (one JSON line for
-the parent), `die` (SIGKILL itself: a lost machine), `write_directory` (where a worker saves),
-`run_worker` (its options, its error, its exit) and `build_model` (the chapter's small Keras model). Each worker decides
-itself when it dies (at a step or batch it was given), so a run's outcome does not depend on how
-busy the machine is.
+has already imported TensorFlow (chapter 10's idea): a fork takes milliseconds, an import seconds.
+A worker script imports from here `report` (one JSON line for the parent), `die` (SIGKILL itself:
+a lost machine), `write_directory` (where a worker saves), `run_worker` (its options, its error,
+its exit) and `build_model` (the chapter's small Keras model). Each worker decides itself when it
+dies (at a step or batch it was given), so a run's outcome does not depend on how busy the machine
+is.
 """
 import atexit
+import builtins
 import json
 import os
-import runpy
 import select
 import signal
 import subprocess
@@ -23,6 +24,7 @@ import tempfile
 import threading
 import time
 import traceback
+import types
 
 from .model_server import free_port
 
@@ -165,13 +167,15 @@ def run_cluster(script, directory, workers=2, worker_options=None, legacy_keras=
         return ClusterRun(commands, ports, [p.pid for p in processes], reports,
                           [p.returncode for p in processes], stderr)
     finally:
-        for process in processes:
-            if process.poll() is None:
-                process.kill()
-            process.wait()
-        for out, err in outputs:
-            out.close()
-            err.close()
+        try:
+            for process in processes:
+                if process.poll() is None:
+                    process.kill()
+                process.wait()
+        finally:  # a launcher that died took its workers with it (PR_SET_PDEATHSIG): nothing to kill
+            for out, err in outputs:
+                out.close()
+                err.close()
 
 
 def _wait(processes, timeout, grace):
@@ -226,9 +230,10 @@ def serve_workers(tensorflow=True):
                 line, pending = pending.split(b"\n", 1)
                 command, value = json.loads(line)
                 if command == "start":
+                    launcher = os.getpid()
                     pid = os.fork()
                     if pid == 0:
-                        _run_as_worker(**value)  # never returns
+                        _run_as_worker(**value, launcher=launcher)  # never returns
                     workers.add(pid)
                     os.write(1, f"pid {pid}\n".encode())
                 elif command == "kill" and value in workers:
@@ -242,10 +247,14 @@ def serve_workers(tensorflow=True):
                 os.write(1, f"exit {pid} {os.waitstatus_to_exitcode(status)}\n".encode())
 
 
-def _run_as_worker(argv, env, cwd, stdout, stderr):
-    """In the forked child: become ``python SCRIPT ARGS...`` (argv), then end with its exit code."""
+def _run_as_worker(argv, env, cwd, stdout, stderr, launcher):
+    """In the forked child: run SCRIPT as ``python SCRIPT ARGS...`` (argv) would (its sys.argv, an
+    absolute `__file__`, sys.path[0], folder, environment, outputs and exit code), then end at once
+    with `os._exit`: atexit handlers do not run and non-daemon threads are not waited for. The
+    worker dies with its launcher (PR_SET_PDEATHSIG), so no worker outlives a launcher that died."""
     code = 1
     try:
+        _die_with_parent(launcher)
         for fd, path, flags in ((0, os.devnull, os.O_RDONLY), (1, stdout, os.O_WRONLY | os.O_APPEND),
                                 (2, stderr, os.O_WRONLY | os.O_APPEND)):
             os.dup2(os.open(path, flags), fd)  # stdin is not the launcher's pipe; stdout and stderr the files
@@ -254,7 +263,7 @@ def _run_as_worker(argv, env, cwd, stdout, stderr):
         os.environ.update(env)
         sys.argv = list(argv[1:])
         sys.path[0] = os.path.dirname(os.path.abspath(sys.argv[0]))  # as `python SCRIPT` sets it
-        runpy.run_path(sys.argv[0], run_name="__main__")
+        _run_as_main(os.path.abspath(sys.argv[0]))
         code = 0
     except SystemExit as exit_:  # as Python does: None is 0, an integer is kept, a message is printed, 1
         code = 0 if exit_.code is None else exit_.code if isinstance(exit_.code, int) else 1
@@ -270,10 +279,33 @@ def _run_as_worker(argv, env, cwd, stdout, stderr):
             os._exit(code)
 
 
+def _run_as_main(path):
+    """Run the script at `path` as Python runs `python SCRIPT`: a fresh `__main__` module whose
+    `__file__` is the absolute path (sys.argv[0] stays as given)."""
+    main = types.ModuleType("__main__")
+    main.__file__, main.__cached__, main.__builtins__ = path, None, builtins
+    sys.modules["__main__"] = main
+    with open(path, "rb") as source:
+        code = compile(source.read(), path, "exec")
+    exec(code, main.__dict__)
+
+
+def _die_with_parent(parent):
+    """Have the kernel SIGKILL this process when its parent ends (Linux); if the parent `parent` has
+    already ended, end now."""
+    import ctypes
+
+    PR_SET_PDEATHSIG = 1
+    if ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL) != 0:
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
+    if os.getppid() != parent:
+        os._exit(1)
+
+
 class WorkerLauncher:
     """A process that imported TensorFlow once, in environment `env`, and forks workers on request."""
 
-    def __init__(self, env, tensorflow=True):
+    def __init__(self, env, tensorflow=True, timeout=120):
         self.env = dict(env)
         self._log = tempfile.TemporaryFile()
         self._changed = threading.Condition()
@@ -281,14 +313,16 @@ class WorkerLauncher:
         self._start_lock = threading.Lock()
         self.process = subprocess.Popen(
             [sys.executable, "-c", "from helpers.distributed import serve_workers; "
-                                   f"serve_workers(tensorflow={bool(tensorflow)})"],
+                                   f"serve_workers({'' if tensorflow else 'tensorflow=False'})"],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._log, env=self.env,
             cwd=_HELPERS_PARENT)
         threading.Thread(target=self._read_answers, daemon=True).start()
         with self._changed:
-            self._changed.wait_for(lambda: self._ready or self._ended)
+            self._changed.wait_for(lambda: self._ready or self._ended, timeout)
         if not self._ready:
-            raise RuntimeError("the worker launcher did not start; its log ends:\n" + self.log_tail())
+            self.close()
+            raise RuntimeError(f"the worker launcher did not start within {timeout} s ({self._state()}); "
+                               "its log ends:\n" + self.log_tail())
 
     def _read_answers(self):
         for line in self.process.stdout:
@@ -314,17 +348,25 @@ class WorkerLauncher:
         its standard output and error appended to the files `stdout` and `stderr`; its `ForkedWorker`."""
         with self._start_lock, self._changed:
             count = len(self._pids)
-            self._send("start", {"argv": list(argv), "env": dict(env), "cwd": cwd or os.getcwd(),
-                                 "stdout": stdout, "stderr": stderr})
-            self._changed.wait_for(lambda: len(self._pids) > count or self._ended)
-            if self._ended:
-                raise RuntimeError("the worker launcher ended; its log ends:\n" + self.log_tail())
+            self._send("start", {"argv": list(argv), "env": dict(env), "cwd": os.path.abspath(cwd or os.getcwd()),
+                                 "stdout": os.path.abspath(stdout), "stderr": os.path.abspath(stderr)})
+            if not self._changed.wait_for(lambda: len(self._pids) > count or self._ended, 30):
+                raise RuntimeError(f"the worker launcher did not answer within 30 s ({self._state()})")
+            if len(self._pids) == count:
+                raise RuntimeError(f"the worker launcher {self._state()}; its log ends:\n" + self.log_tail())
             return ForkedWorker(self, self._pids[count])
+
+    def _state(self):
+        """'process PID, running' or 'process PID, ended with exit code CODE' (-9: SIGKILL)."""
+        code = self.process.poll()
+        return f"process {self.process.pid}, " + ("running" if code is None else f"ended with exit code {code}")
 
     def exit_code(self, pid):
         with self._changed:
             if pid not in self._exits and self._ended:
-                raise RuntimeError("the worker launcher ended; its log ends:\n" + self.log_tail())
+                self.process.wait(timeout=10)
+                raise RuntimeError(f"the worker launcher {self._state()}, and with it worker {pid} "
+                                   "(each worker dies with its launcher); its log ends:\n" + self.log_tail())
             return self._exits.get(pid)
 
     def kill(self, pid):

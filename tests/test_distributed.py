@@ -241,7 +241,7 @@ def test_no_worker_or_port_survives_a_timeout(tmp_path, monkeypatch, fake_worker
 # run as `python SCRIPT ARGS...` would. Each line below is compared between the two ways.
 SEEN_BY_A_SCRIPT = """
 import os, sys
-print(sys.argv, os.getcwd(), sys.path[0], os.environ.get("SEEN"), sys.stdin.read(), flush=True)
+print(sys.argv, __file__, os.getcwd(), sys.path[0], os.environ.get("SEEN"), sys.stdin.read(), flush=True)
 print("to stderr", file=sys.stderr)
 {ending}
 """
@@ -250,7 +250,8 @@ print("to stderr", file=sys.stderr)
 @pytest.mark.parametrize("ending", ["pass", "sys.exit()", "sys.exit(3)", "sys.exit('bye')",
                                     "raise ValueError('wrong')", "os.kill(os.getpid(), 9)"])
 def test_a_forked_worker_runs_as_python_script_would(tmp_path, monkeypatch, ending):
-    """Same argv, folder, sys.path[0], environment, empty stdin, stdout, stderr and exit code."""
+    """Same argv, __file__, folder, sys.path[0], environment, empty stdin, stdout, stderr and exit
+    code (output files named relative to this folder, as the caller's)."""
     script = tmp_path / "scripts" / "seen.py"
     script.parent.mkdir()
     script.write_text(SEEN_BY_A_SCRIPT.format(ending=ending))
@@ -262,7 +263,7 @@ def test_a_forked_worker_runs_as_python_script_would(tmp_path, monkeypatch, endi
     out, err = tmp_path / "out", tmp_path / "err"
     out.touch()
     err.touch()
-    forked = distributed._launcher(dict(os.environ)).start(argv, env, stdout=str(out), stderr=str(err))
+    forked = distributed._launcher(dict(os.environ)).start(argv, env, stdout="out", stderr="err")
     assert forked.wait(timeout=60) == python.returncode
     assert out.read_text() == python.stdout and "yes" in python.stdout
     assert err.read_text().splitlines()[-1:] == python.stderr.splitlines()[-1:]
@@ -277,13 +278,16 @@ report("process", os.getpid(), os.getppid(), context.context()._initialized)
 """
 
 
-def test_each_worker_is_its_own_process_forked_before_any_tensorflow_op(tmp_path):
+@pytest.mark.parametrize("legacy_keras", [False, True])
+def test_each_worker_is_its_own_process_forked_before_any_tensorflow_op(tmp_path, legacy_keras):
     """Chapter 12: the launcher runs no TensorFlow op before it forks, so each worker starts its
     own runtime; each worker is a child of the launcher, not of this process."""
+    if legacy_keras:
+        pytest.importorskip("tf_keras")
     script = tmp_path / "worker.py"
     script.write_text(WORKER_SEES_ITS_PROCESS)
-    run = run_cluster(str(script), tmp_path / "run")
-    launcher = distributed._LAUNCHERS[None].process.pid
+    run = run_cluster(str(script), tmp_path / "run", legacy_keras=legacy_keras)
+    launcher = distributed._LAUNCHERS["1" if legacy_keras else None].process.pid
     seen = [run.first(worker, "process") for worker in (0, 1)]
     assert [pid for pid, _, _ in seen] == run.pids and len({launcher, os.getpid(), *run.pids}) == 4
     assert [(parent, initialized) for _, parent, initialized in seen] == [(launcher, False)] * 2
@@ -316,6 +320,35 @@ def test_a_launcher_and_its_workers_end_when_their_parent_is_killed(tmp_path, fa
     finally:
         parent.kill()
         parent.wait()
+
+
+KILLS_ITS_LAUNCHER = """
+import os, signal, sys, time
+with open(os.path.join(sys.argv[1], f"worker-{os.getpid()}"), "w"):
+    pass
+if sys.argv[2] == '{"kill_launcher": true}':
+    time.sleep(0.5)
+    os.kill(os.getppid(), signal.SIGKILL)  # as the out-of-memory killer would
+time.sleep(60)
+"""
+
+
+def test_no_worker_outlives_a_launcher_that_died(tmp_path, monkeypatch):
+    """Chapter 12's "whatever happens, no worker outlives the call": a worker SIGKILLs the
+    launcher; the call fails and says so, and no worker is left (they die with their launcher)."""
+    original = distributed.WorkerLauncher
+    monkeypatch.setattr(distributed, "_LAUNCHERS", {})  # a launcher of this test's own, without TF
+    monkeypatch.setattr(distributed, "WorkerLauncher", lambda env: original(env, tensorflow=False))
+    script = tmp_path / "worker.py"
+    script.write_text(KILLS_ITS_LAUNCHER)
+    with pytest.raises(RuntimeError, match=r"launcher process \d+, ended with exit code -9"):
+        run_cluster(str(script), tmp_path / "run", worker_options={1: {"kill_launcher": True}}, timeout=30)
+    distributed._LAUNCHERS[None].close()
+    workers = [int(path.name.split("-")[1]) for path in (tmp_path / "run").glob("worker-*")]
+    time.sleep(0.5)
+    assert len(workers) == 2
+    assert [pid for pid in workers if psutil.pid_exists(pid)
+            and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE] == []
 
 
 def test_a_launcher_is_reused_until_the_environment_changes(monkeypatch):
