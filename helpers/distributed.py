@@ -105,8 +105,8 @@ def _leave_together(timeout_s=120):
 
 
 class ClusterRun:
-    """What one `run_cluster` call saw: per worker, its command line (the argument list it was started
-    with), reports, exit code, PID and stderr tail."""
+    """What one `run_cluster` call saw: per worker, its command line (the argument list it ran as),
+    reports, exit code, PID and stderr tail."""
 
     def __init__(self, commands, ports, pids, reports, exit_codes, stderr):
         self.commands, self.ports, self.pids, self.reports = commands, ports, pids, reports
@@ -133,8 +133,9 @@ def run_cluster(script, directory, workers=2, worker_options=None, legacy_keras=
     Keras 2. The workers are forked by a `WorkerLauncher` that imported TensorFlow in that same
     environment. Once one worker has ended, the others get `grace` seconds to end too (a
     synchronous job fails without any of its workers) and are then killed, as a cluster manager
-    restarts a whole job. Every worker still running is killed, and every worker reaped, before
-    this returns, also on timeout (RuntimeError) or on an exception.
+    restarts a whole job. Every worker still running is killed, and reaped by its launcher, before
+    this returns, also on timeout (RuntimeError) or on an exception; if the launcher itself dies,
+    its workers die with it (RuntimeError).
     """
     if not os.path.isfile(script):
         raise FileNotFoundError(f"no worker script {script!r} (write it first, e.g. with %%writefile)")
@@ -168,11 +169,12 @@ def run_cluster(script, directory, workers=2, worker_options=None, legacy_keras=
                           [p.returncode for p in processes], stderr)
     finally:
         try:
-            for process in processes:
-                if process.poll() is None:
-                    process.kill()
-                process.wait()
-        finally:  # a launcher that died took its workers with it (PR_SET_PDEATHSIG): nothing to kill
+            if launcher.alive():  # a launcher that died took its workers with it (PR_SET_PDEATHSIG)
+                for process in processes:
+                    if process.poll() is None:
+                        process.kill()
+                    process.wait()
+        finally:
             for out, err in outputs:
                 out.close()
                 err.close()
@@ -320,9 +322,10 @@ class WorkerLauncher:
         with self._changed:
             self._changed.wait_for(lambda: self._ready or self._ended, timeout)
         if not self._ready:
+            log = self.log_tail()
             self.close()
             raise RuntimeError(f"the worker launcher did not start within {timeout} s ({self._state()}); "
-                               "its log ends:\n" + self.log_tail())
+                               "its log ends:\n" + log)
 
     def _read_answers(self):
         for line in self.process.stdout:
@@ -350,7 +353,14 @@ class WorkerLauncher:
             count = len(self._pids)
             self._send("start", {"argv": list(argv), "env": dict(env), "cwd": os.path.abspath(cwd or os.getcwd()),
                                  "stdout": os.path.abspath(stdout), "stderr": os.path.abspath(stderr)})
-            if not self._changed.wait_for(lambda: len(self._pids) > count or self._ended, 30):
+            try:
+                answered = self._changed.wait_for(lambda: len(self._pids) > count or self._ended, 30)
+            except BaseException:  # an interrupt: the launcher forks the worker anyway; kill it
+                self._changed.wait_for(lambda: len(self._pids) > count or self._ended, 5)
+                if len(self._pids) > count:
+                    self.kill(self._pids[count])
+                raise
+            if not answered:
                 raise RuntimeError(f"the worker launcher did not answer within 30 s ({self._state()})")
             if len(self._pids) == count:
                 raise RuntimeError(f"the worker launcher {self._state()}; its log ends:\n" + self.log_tail())
@@ -396,8 +406,9 @@ class WorkerLauncher:
         self._log.close()
 
     def log_tail(self, lines=15):
+        """The last `lines` lines of the launcher's standard error, or "(nothing)"."""
         self._log.seek(0)
-        return "".join(self._log.read().decode(errors="replace").splitlines(True)[-lines:])
+        return "".join(self._log.read().decode(errors="replace").splitlines(True)[-lines:]) or "(nothing)"
 
 
 class ForkedWorker:

@@ -351,6 +351,41 @@ def test_no_worker_outlives_a_launcher_that_died(tmp_path, monkeypatch):
             and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE] == []
 
 
+def test_a_launcher_that_cannot_start_says_why(tmp_path):
+    """A launcher whose TensorFlow import fails reports the import's error, not its own."""
+    (tmp_path / "tensorflow").mkdir()
+    (tmp_path / "tensorflow" / "__init__.py").write_text("raise ImportError('no TensorFlow here')\n")
+    with pytest.raises(RuntimeError, match=r"(?s)did not start.*exit code 1.*no TensorFlow here"):
+        distributed.WorkerLauncher({**os.environ, "PYTHONPATH": str(tmp_path)})
+
+
+def test_an_interrupted_start_leaves_no_worker(tmp_path, fake_worker):
+    """An interrupt after the launcher was asked to fork, before it answered: the worker it forked
+    anyway is killed, not left running unknown to the caller."""
+    launcher = distributed.WorkerLauncher(dict(os.environ), tensorflow=False)
+    try:
+        answer = launcher._changed.wait_for
+        calls = []
+
+        def interrupted_once(predicate, timeout=None):
+            calls.append(timeout)
+            if len(calls) == 1:
+                raise KeyboardInterrupt
+            return answer(predicate, timeout)
+
+        launcher._changed.wait_for = interrupted_once
+        config = tf_config([f"127.0.0.1:{free_port()}"], 0)
+        with pytest.raises(KeyboardInterrupt):
+            launcher.start([sys.executable, fake_worker, str(tmp_path), "{}"],  # it would sleep 600 s
+                           {**os.environ, "TF_CONFIG": config}, stdout=os.devnull, stderr=os.devnull)
+        launcher._changed.wait_for = answer
+        with launcher._changed:
+            assert launcher._changed.wait_for(lambda: len(launcher._exits) == 1, 10)
+        assert list(launcher._exits.values()) == [-9]
+    finally:
+        launcher.close()
+
+
 def test_a_launcher_is_reused_until_the_environment_changes(monkeypatch):
     """A new launcher when a variable TensorFlow could read at import changed, one per Keras, and
     the same one when only pytest's bookkeeping variable changed (each worker still gets the
