@@ -210,10 +210,13 @@ _HELPERS_PARENT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def serve_workers(tensorflow=True):
     """The launcher's process: import TensorFlow (no op runs before a fork), then read requests from
-    stdin, one JSON line each: ["start", {...}] forks a worker and answers "pid PID"; ["kill", PID]
-    SIGKILLs a worker not yet reaped. Each reaped worker is reported as "exit PID CODE". At the end
-    of stdin (the parent closed it, or died) every worker left is killed and reaped, then it ends.
+    stdin, one JSON line each: ["start", {"id": ID, ...}] forks a worker and answers "pid ID PID";
+    ["kill", PID] SIGKILLs a worker not yet reaped. Each reaped worker is reported as "exit PID CODE".
+    At the end of stdin (the parent closed it, or died) every worker left is killed and reaped, then
+    it ends. It ignores SIGINT: interrupting the notebook's kernel (jupyter signals the kernel's
+    whole process group) interrupts a cluster's workers, not the launcher.
     (`tensorflow=False`: import nothing first, for tests of the launcher itself.)"""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     if tensorflow:
         import tensorflow as tf
 
@@ -232,12 +235,12 @@ def serve_workers(tensorflow=True):
                 line, pending = pending.split(b"\n", 1)
                 command, value = json.loads(line)
                 if command == "start":
-                    launcher = os.getpid()
+                    launcher, request = os.getpid(), value.pop("id")
                     pid = os.fork()
                     if pid == 0:
                         _run_as_worker(**value, launcher=launcher)  # never returns
                     workers.add(pid)
-                    os.write(1, f"pid {pid}\n".encode())
+                    os.write(1, f"pid {request} {pid}\n".encode())
                 elif command == "kill" and value in workers:
                     os.kill(value, signal.SIGKILL)
         elif not reading:
@@ -251,26 +254,36 @@ def serve_workers(tensorflow=True):
 
 def _run_as_worker(argv, env, cwd, stdout, stderr, launcher):
     """In the forked child: run SCRIPT as ``python SCRIPT ARGS...`` (argv) would (its sys.argv, an
-    absolute `__file__`, sys.path[0], folder, environment, outputs and exit code), then end at once
-    with `os._exit`: atexit handlers do not run and non-daemon threads are not waited for. The
-    worker dies with its launcher (PR_SET_PDEATHSIG), so no worker outlives a launcher that died."""
+    absolute `__file__`, sys.path[0], folder, environment, SIGINT handler, outputs and exit code),
+    then end at once with `os._exit`: atexit handlers do not run and non-daemon threads are not
+    waited for. The worker dies with its launcher (PR_SET_PDEATHSIG), so no worker outlives a
+    launcher that died. The output files are created if missing, and appended to."""
     code = 1
     try:
         _die_with_parent(launcher)
-        for fd, path, flags in ((0, os.devnull, os.O_RDONLY), (1, stdout, os.O_WRONLY | os.O_APPEND),
-                                (2, stderr, os.O_WRONLY | os.O_APPEND)):
-            os.dup2(os.open(path, flags), fd)  # stdin is not the launcher's pipe; stdout and stderr the files
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # the launcher ignores it; Python does not
+        written = os.O_WRONLY | os.O_APPEND | os.O_CREAT
+        for fd, path, flags in ((0, os.devnull, os.O_RDONLY), (1, stdout, written), (2, stderr, written)):
+            opened = os.open(path, flags, 0o600)
+            os.dup2(opened, fd)  # stdin is not the launcher's pipe; stdout and stderr the files
+            os.close(opened)
         os.chdir(cwd)
         os.environ.clear()
         os.environ.update(env)
         sys.argv = list(argv[1:])
-        sys.path[0] = os.path.dirname(os.path.abspath(sys.argv[0]))  # as `python SCRIPT` sets it
+        sys.path[0] = os.path.dirname(os.path.realpath(sys.argv[0]))  # as `python SCRIPT` sets it
         _run_as_main(os.path.abspath(sys.argv[0]))
         code = 0
     except SystemExit as exit_:  # as Python does: None is 0, an integer is kept, a message is printed, 1
         code = 0 if exit_.code is None else exit_.code if isinstance(exit_.code, int) else 1
         if not isinstance(exit_.code, (int, type(None))):
             print(exit_.code, file=sys.stderr)
+    except KeyboardInterrupt:  # as Python does: the traceback, then death by SIGINT (exit code -2)
+        traceback.print_exc()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGINT)
     except BaseException:  # noqa: BLE001 (printed to the worker's stderr, as Python does)
         traceback.print_exc()
     finally:
@@ -307,12 +320,13 @@ def _die_with_parent(parent):
 class WorkerLauncher:
     """A process that imported TensorFlow once, in environment `env`, and forks workers on request."""
 
-    def __init__(self, env, tensorflow=True, timeout=120):
-        self.env = dict(env)
+    def __init__(self, env, tensorflow=True, timeout=120, answer_timeout=30):
+        self.env, self.answer_timeout = dict(env), answer_timeout
         self._log = tempfile.TemporaryFile()
         self._changed = threading.Condition()
-        self._ready, self._ended, self._pids, self._exits = False, False, [], {}
-        self._start_lock = threading.Lock()
+        self._ready, self._ended, self._pids, self._exits = False, False, {}, {}
+        self._requests, self._abandoned = 0, set()  # start requests sent; those nobody waits for
+        self._send_lock = threading.Lock()
         self.process = subprocess.Popen(
             [sys.executable, "-c", "from helpers.distributed import serve_workers; "
                                    f"serve_workers({'' if tensorflow else 'tensorflow=False'})"],
@@ -333,8 +347,11 @@ class WorkerLauncher:
             with self._changed:
                 if event == "ready":
                     self._ready = True
-                elif event == "pid":
-                    self._pids.append(int(values[0]))
+                elif event == "pid":  # a worker forked for a caller who gave up: killed at once
+                    request, pid = map(int, values)
+                    if request in self._abandoned:
+                        self.kill(pid)
+                    self._pids[request] = pid
                 elif event == "exit":
                     self._exits[int(values[0])] = int(values[1])
                 self._changed.notify_all()
@@ -343,28 +360,36 @@ class WorkerLauncher:
             self._changed.notify_all()
 
     def _send(self, command, value):
-        self.process.stdin.write(json.dumps([command, value]).encode() + b"\n")
-        self.process.stdin.flush()
+        with self._send_lock:
+            self.process.stdin.write(json.dumps([command, value]).encode() + b"\n")
+            self.process.stdin.flush()
 
     def start(self, argv, env, stdout, stderr, cwd=None):
         """Fork a worker that runs argv[1] (a script) as the command `argv` would, in environment `env`,
         its standard output and error appended to the files `stdout` and `stderr`; its `ForkedWorker`."""
-        with self._start_lock, self._changed:
-            count = len(self._pids)
-            self._send("start", {"argv": list(argv), "env": dict(env), "cwd": os.path.abspath(cwd or os.getcwd()),
+        with self._changed:
+            self._requests += 1
+            request = self._requests
+            self._send("start", {"id": request, "argv": list(argv), "env": dict(env),
+                                 "cwd": os.path.abspath(cwd or os.getcwd()),
                                  "stdout": os.path.abspath(stdout), "stderr": os.path.abspath(stderr)})
             try:
-                answered = self._changed.wait_for(lambda: len(self._pids) > count or self._ended, 30)
-            except BaseException:  # an interrupt: the launcher forks the worker anyway; kill it
-                self._changed.wait_for(lambda: len(self._pids) > count or self._ended, 5)
-                if len(self._pids) > count:
-                    self.kill(self._pids[count])
+                answered = self._changed.wait_for(lambda: request in self._pids or self._ended,
+                                                  self.answer_timeout)
+            except BaseException:  # an interrupt: the launcher forks the worker anyway
+                answered = False
                 raise
-            if not answered:
-                raise RuntimeError(f"the worker launcher did not answer within 30 s ({self._state()})")
-            if len(self._pids) == count:
-                raise RuntimeError(f"the worker launcher {self._state()}; its log ends:\n" + self.log_tail())
-            return ForkedWorker(self, self._pids[count])
+            finally:
+                if not answered:  # kill the worker now, or as soon as its PID arrives
+                    self._abandoned.add(request)
+                    if request in self._pids:
+                        self.kill(self._pids[request])
+            if request not in self._pids:
+                if self._ended:
+                    raise RuntimeError(f"the worker launcher {self._state()}; its log ends:\n" + self.log_tail())
+                raise RuntimeError(f"the worker launcher did not answer within {self.answer_timeout} s "
+                                   f"({self._state()}); the worker it may still fork will be killed")
+            return ForkedWorker(self, self._pids[request])
 
     def _state(self):
         """'process PID, running' or 'process PID, ended with exit code CODE' (-9: SIGKILL)."""

@@ -13,6 +13,7 @@ worker as `python SCRIPT ARGS` would, forks it before any TensorFlow op, reuses 
 environment is the same, and ends, with its workers, when its parent dies."""
 import json
 import os
+import signal
 import subprocess
 import sys
 import textwrap
@@ -240,29 +241,32 @@ def test_no_worker_or_port_survives_a_timeout(tmp_path, monkeypatch, fake_worker
 # What a worker can see of how it was started: `run_cluster` forks it from a launcher, and it must
 # run as `python SCRIPT ARGS...` would. Each line below is compared between the two ways.
 SEEN_BY_A_SCRIPT = """
-import os, sys
-print(sys.argv, __file__, os.getcwd(), sys.path[0], os.environ.get("SEEN"), sys.stdin.read(), flush=True)
+import os, signal, sys
+print(sys.argv, __file__, os.getcwd(), sys.path[0], os.environ.get("SEEN"), sys.stdin.read(),
+      signal.getsignal(signal.SIGINT), flush=True)
 print("to stderr", file=sys.stderr)
 {ending}
 """
 
 
 @pytest.mark.parametrize("ending", ["pass", "sys.exit()", "sys.exit(3)", "sys.exit('bye')",
-                                    "raise ValueError('wrong')", "os.kill(os.getpid(), 9)"])
+                                    "raise ValueError('wrong')", "os.kill(os.getpid(), 9)",
+                                    "os.kill(os.getpid(), signal.SIGINT); time.sleep(5)"])
 def test_a_forked_worker_runs_as_python_script_would(tmp_path, monkeypatch, ending):
-    """Same argv, __file__, folder, sys.path[0], environment, empty stdin, stdout, stderr and exit
-    code (output files named relative to this folder, as the caller's)."""
+    """Same argv, __file__, folder, sys.path[0] (the real folder of a linked script), environment,
+    empty stdin, SIGINT handler, stdout, stderr and exit code (an uncaught KeyboardInterrupt: death
+    by SIGINT); output files named relative to this folder, as the caller's, and created."""
+    (tmp_path / "real").mkdir()
+    (tmp_path / "real" / "seen.py").write_text("import time\n" + SEEN_BY_A_SCRIPT.format(ending=ending))
     script = tmp_path / "scripts" / "seen.py"
     script.parent.mkdir()
-    script.write_text(SEEN_BY_A_SCRIPT.format(ending=ending))
+    script.symlink_to(tmp_path / "real" / "seen.py")
     monkeypatch.chdir(tmp_path)
     argv = [sys.executable, os.path.join("scripts", "seen.py"), "one", '{"two": 2}']
     env = {**os.environ, "SEEN": "yes"}
     python = subprocess.run(argv, env=env, capture_output=True, text=True, stdin=subprocess.DEVNULL,
                             timeout=60)
     out, err = tmp_path / "out", tmp_path / "err"
-    out.touch()
-    err.touch()
     forked = distributed._launcher(dict(os.environ)).start(argv, env, stdout="out", stderr="err")
     assert forked.wait(timeout=60) == python.returncode
     assert out.read_text() == python.stdout and "yes" in python.stdout
@@ -341,8 +345,9 @@ def test_no_worker_outlives_a_launcher_that_died(tmp_path, monkeypatch):
     monkeypatch.setattr(distributed, "WorkerLauncher", lambda env: original(env, tensorflow=False))
     script = tmp_path / "worker.py"
     script.write_text(KILLS_ITS_LAUNCHER)
-    with pytest.raises(RuntimeError, match=r"launcher process \d+, ended with exit code -9"):
+    with pytest.raises(RuntimeError, match=r"launcher process \d+, ended with exit code -9") as failed:
         run_cluster(str(script), tmp_path / "run", worker_options={1: {"kill_launcher": True}}, timeout=30)
+    assert failed.value.__context__ is None  # said once, not again by the cleanup
     distributed._LAUNCHERS[None].close()
     workers = [int(path.name.split("-")[1]) for path in (tmp_path / "run").glob("worker-*")]
     time.sleep(0.5)
@@ -382,6 +387,44 @@ def test_an_interrupted_start_leaves_no_worker(tmp_path, fake_worker):
         with launcher._changed:
             assert launcher._changed.wait_for(lambda: len(launcher._exits) == 1, 10)
         assert list(launcher._exits.values()) == [-9]
+    finally:
+        launcher.close()
+
+
+def test_a_start_the_launcher_answers_too_late_leaves_no_worker(tmp_path, fake_worker):
+    """A launcher that answers after the caller gave up (here: stopped, then continued) still forks
+    the worker; it is killed as soon as its PID arrives, and a later start gets its own worker."""
+    launcher = distributed.WorkerLauncher(dict(os.environ), tensorflow=False, answer_timeout=0.5)
+    try:
+        config = tf_config([f"127.0.0.1:{free_port()}"], 0)
+        argv = [sys.executable, fake_worker, str(tmp_path), '{"exit": 0}']
+        os.kill(launcher.process.pid, signal.SIGSTOP)
+        try:
+            with pytest.raises(RuntimeError, match="did not answer within 0.5 s"):
+                launcher.start(argv, {**os.environ, "TF_CONFIG": config}, stdout=os.devnull, stderr=os.devnull)
+        finally:
+            os.kill(launcher.process.pid, signal.SIGCONT)
+        with launcher._changed:
+            assert launcher._changed.wait_for(lambda: len(launcher._exits) == 1, 10)
+        assert list(launcher._exits.values()) == [-9]
+        later = launcher.start(argv, {**os.environ, "TF_CONFIG": config}, stdout=os.devnull, stderr=os.devnull)
+        assert later.pid not in launcher._exits and later.wait(timeout=30) == 0
+    finally:
+        launcher.close()
+
+
+def test_a_launcher_ignores_the_interrupt_its_kernel_gets(tmp_path, fake_worker):
+    """Jupyter interrupts a kernel by signalling its process group, the launcher included: the
+    launcher lives on (the workers it forks get SIGINT's default handler back: the test above)."""
+    launcher = distributed.WorkerLauncher(dict(os.environ), tensorflow=False)
+    try:
+        os.kill(launcher.process.pid, signal.SIGINT)
+        time.sleep(0.5)
+        assert launcher.alive()
+        config = tf_config([f"127.0.0.1:{free_port()}"], 0)
+        worker = launcher.start([sys.executable, fake_worker, str(tmp_path), '{"exit": 0}'],
+                                {**os.environ, "TF_CONFIG": config}, stdout=os.devnull, stderr=os.devnull)
+        assert worker.wait(timeout=30) == 0
     finally:
         launcher.close()
 
