@@ -148,6 +148,7 @@ def run_cluster(script, directory, workers=2, worker_options=None, legacy_keras=
     addresses = [f"127.0.0.1:{port}" for port in ports]
     env = {**os.environ, "TF_USE_LEGACY_KERAS": "1"} if legacy_keras else dict(os.environ)
     launcher = _launcher(env)
+    first_request = launcher.requests + 1  # every worker forked for this call, known here or not
     commands, processes, outputs = [], [], []
     try:
         for index in range(workers):
@@ -170,9 +171,8 @@ def run_cluster(script, directory, workers=2, worker_options=None, legacy_keras=
     finally:
         try:
             if launcher.alive():  # a launcher that died took its workers with it (PR_SET_PDEATHSIG)
+                launcher.kill_started_since(first_request)
                 for process in processes:
-                    if process.poll() is None:
-                        process.kill()
                     process.wait()
         finally:
             for out, err in outputs:
@@ -278,20 +278,28 @@ def _run_as_worker(argv, env, cwd, stdout, stderr, launcher):
         code = 0 if exit_.code is None else exit_.code if isinstance(exit_.code, int) else 1
         if not isinstance(exit_.code, (int, type(None))):
             print(exit_.code, file=sys.stderr)
-    except KeyboardInterrupt:  # as Python does: the traceback, then death by SIGINT (exit code -2)
-        traceback.print_exc()
+    except KeyboardInterrupt as error:  # as Python does: the traceback, then death by SIGINT (-2)
+        _print_from_script(error)
         sys.stdout.flush()
         sys.stderr.flush()
         signal.signal(signal.SIGINT, signal.SIG_DFL)
         os.kill(os.getpid(), signal.SIGINT)
-    except BaseException:  # noqa: BLE001 (printed to the worker's stderr, as Python does)
-        traceback.print_exc()
+    except BaseException as error:  # noqa: BLE001 (printed to the worker's stderr, as Python does)
+        _print_from_script(error)
     finally:
         try:
             sys.stdout.flush()
             sys.stderr.flush()
         finally:
             os._exit(code)
+
+
+def _print_from_script(error):
+    """Print `error`'s traceback as Python would for the script: without this module's frames."""
+    tb = error.__traceback__
+    while tb is not None and tb.tb_frame.f_code.co_filename == __file__:
+        tb = tb.tb_next
+    traceback.print_exception(type(error), error, tb)
 
 
 def _run_as_main(path):
@@ -325,7 +333,7 @@ class WorkerLauncher:
         self._log = tempfile.TemporaryFile()
         self._changed = threading.Condition()
         self._ready, self._ended, self._pids, self._exits = False, False, {}, {}
-        self._requests, self._abandoned = 0, set()  # start requests sent; those nobody waits for
+        self.requests, self._abandoned = 0, set()  # start requests sent; those nobody waits for
         self._send_lock = threading.Lock()
         self.process = subprocess.Popen(
             [sys.executable, "-c", "from helpers.distributed import serve_workers; "
@@ -368,8 +376,8 @@ class WorkerLauncher:
         """Fork a worker that runs argv[1] (a script) as the command `argv` would, in environment `env`,
         its standard output and error appended to the files `stdout` and `stderr`; its `ForkedWorker`."""
         with self._changed:
-            self._requests += 1
-            request = self._requests
+            self.requests += 1
+            request = self.requests
             self._send("start", {"id": request, "argv": list(argv), "env": dict(env),
                                  "cwd": os.path.abspath(cwd or os.getcwd()),
                                  "stdout": os.path.abspath(stdout), "stderr": os.path.abspath(stderr)})
@@ -390,6 +398,16 @@ class WorkerLauncher:
                 raise RuntimeError(f"the worker launcher did not answer within {self.answer_timeout} s "
                                    f"({self._state()}); the worker it may still fork will be killed")
             return ForkedWorker(self, self._pids[request])
+
+    def kill_started_since(self, first_request):
+        """SIGKILL every worker of start request `first_request` or later that is still running,
+        also one whose PID has not arrived yet (it is killed when it does)."""
+        with self._changed:
+            for request in range(first_request, self.requests + 1):
+                self._abandoned.add(request)
+                pid = self._pids.get(request)
+                if pid is not None and pid not in self._exits:
+                    self.kill(pid)
 
     def _state(self):
         """'process PID, running' or 'process PID, ended with exit code CODE' (-9: SIGKILL)."""
