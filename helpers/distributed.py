@@ -295,11 +295,12 @@ def _run_as_worker(argv, env, cwd, stdout, stderr, launcher):
 
 
 def _print_from_script(error):
-    """Print `error`'s traceback as Python would for the script: without this module's frames."""
+    """Report `error` as Python would for the script: through `sys.excepthook`, with a traceback
+    that starts at the script's frame (without this module's)."""
     tb = error.__traceback__
     while tb is not None and tb.tb_frame.f_code.co_filename == __file__:
         tb = tb.tb_next
-    traceback.print_exception(type(error), error, tb)
+    sys.excepthook(type(error), error.with_traceback(tb), tb)  # the default hook prints error's own
 
 
 def _run_as_main(path):
@@ -399,15 +400,21 @@ class WorkerLauncher:
                                    f"({self._state()}); the worker it may still fork will be killed")
             return ForkedWorker(self, self._pids[request])
 
-    def kill_started_since(self, first_request):
+    def kill_started_since(self, first_request, timeout=30):
         """SIGKILL every worker of start request `first_request` or later that is still running,
-        also one whose PID has not arrived yet (it is killed when it does)."""
+        also one whose PID has not arrived yet (killed when it does), and wait until the launcher
+        has reaped each of them (RuntimeError after `timeout` seconds)."""
+        requests = range(first_request, self.requests + 1)
         with self._changed:
-            for request in range(first_request, self.requests + 1):
+            for request in requests:
                 self._abandoned.add(request)
                 pid = self._pids.get(request)
                 if pid is not None and pid not in self._exits:
                     self.kill(pid)
+            if not self._changed.wait_for(lambda: self._ended or all(
+                    self._pids.get(request) in self._exits for request in requests), timeout):
+                raise RuntimeError(f"the worker launcher ({self._state()}) did not reap the workers of "
+                                   f"start requests {list(requests)} within {timeout} s")
 
     def _state(self):
         """'process PID, running' or 'process PID, ended with exit code CODE' (-9: SIGKILL)."""

@@ -428,28 +428,53 @@ def test_a_launcher_ignores_the_interrupt_its_kernel_gets(tmp_path, fake_worker)
         launcher.close()
 
 
-def test_an_interrupt_anywhere_in_run_cluster_leaves_no_worker(tmp_path, fake_worker, monkeypatch):
+@pytest.mark.parametrize("moment", ["once the request is written", "as start returns"])
+def test_an_interrupt_as_a_worker_starts_leaves_no_worker(tmp_path, fake_worker, monkeypatch, moment):
     """Chapter 12's "whatever happens": an interrupt after a worker was asked for, before
-    `run_cluster` holds it (here: as `start` returns), still leaves no worker running."""
+    `run_cluster` holds it, still leaves no worker by the time the call has raised."""
     monkeypatch.setattr(distributed, "_LAUNCHERS", {})
-    original = distributed.WorkerLauncher
-    launcher = original(dict(os.environ), tensorflow=False)
+    launcher = distributed.WorkerLauncher(dict(os.environ), tensorflow=False)
     try:
         monkeypatch.setattr(distributed, "_launcher", lambda env: launcher)
-        real_start = launcher.start
+        real_send, real_start = launcher._send, launcher.start
+
+        def send_then_interrupted(command, value):
+            real_send(command, value)
+            if command == "start":
+                raise KeyboardInterrupt
 
         def start_then_interrupted(*args, **kwargs):
             real_start(*args, **kwargs)
             raise KeyboardInterrupt
 
-        monkeypatch.setattr(launcher, "start", start_then_interrupted)
+        if moment == "once the request is written":
+            monkeypatch.setattr(launcher, "_send", send_then_interrupted)
+        else:
+            monkeypatch.setattr(launcher, "start", start_then_interrupted)
         with pytest.raises(KeyboardInterrupt):
             run_cluster(fake_worker, tmp_path / "run")  # the fake worker would sleep 600 s
-        with launcher._changed:
-            assert launcher._changed.wait_for(lambda: len(launcher._exits) == 1, 10)
-        assert list(launcher._exits.values()) == [-9] and psutil.Process(launcher.process.pid).children() == []
+        assert list(launcher._exits.values()) == [-9]  # already reaped when the call raised
+        assert psutil.Process(launcher.process.pid).children() == []
     finally:
         launcher.close()
+
+
+HOOKED = """
+import sys
+sys.excepthook = lambda kind, error, tb: print("hooked:", error, file=sys.stderr)
+raise ValueError("wrong")
+"""
+
+
+def test_a_worker_reports_its_error_through_sys_excepthook(tmp_path):
+    """As Python does: a script's own `sys.excepthook` reports its uncaught exception."""
+    script, err = tmp_path / "hooked.py", tmp_path / "err"
+    script.write_text(HOOKED)
+    python = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60)
+    forked = distributed._launcher(dict(os.environ)).start([sys.executable, str(script)], dict(os.environ),
+                                                           stdout=os.devnull, stderr=str(err))
+    assert forked.wait(timeout=60) == python.returncode == 1
+    assert err.read_text() == python.stderr == "hooked: wrong\n"
 
 
 def test_a_launcher_is_reused_until_the_environment_changes(monkeypatch):
