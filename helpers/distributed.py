@@ -216,7 +216,7 @@ def serve_workers(tensorflow=True):
     it ends. It ignores SIGINT: interrupting the notebook's kernel (jupyter signals the kernel's
     whole process group) interrupts a cluster's workers, not the launcher.
     (`tensorflow=False`: import nothing first, for tests of the launcher itself.)"""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    sigint = signal.signal(signal.SIGINT, signal.SIG_IGN)  # what Python set at start-up, for the workers
     if tensorflow:
         import tensorflow as tf
 
@@ -238,7 +238,7 @@ def serve_workers(tensorflow=True):
                     launcher, request = os.getpid(), value.pop("id")
                     pid = os.fork()
                     if pid == 0:
-                        _run_as_worker(**value, launcher=launcher)  # never returns
+                        _run_as_worker(**value, launcher=launcher, sigint=sigint)  # never returns
                     workers.add(pid)
                     os.write(1, f"pid {request} {pid}\n".encode())
                 elif command == "kill" and value in workers:
@@ -252,7 +252,7 @@ def serve_workers(tensorflow=True):
                 os.write(1, f"exit {pid} {os.waitstatus_to_exitcode(status)}\n".encode())
 
 
-def _run_as_worker(argv, env, cwd, stdout, stderr, launcher):
+def _run_as_worker(argv, env, cwd, stdout, stderr, launcher, sigint):
     """In the forked child: run SCRIPT as ``python SCRIPT ARGS...`` (argv) would (its sys.argv, an
     absolute `__file__`, sys.path[0], folder, environment, SIGINT handler, outputs and exit code),
     then end at once with `os._exit`: atexit handlers do not run and non-daemon threads are not
@@ -261,7 +261,7 @@ def _run_as_worker(argv, env, cwd, stdout, stderr, launcher):
     code = 1
     try:
         _die_with_parent(launcher)
-        signal.signal(signal.SIGINT, signal.default_int_handler)  # the launcher ignores it; Python does not
+        signal.signal(signal.SIGINT, sigint)  # Python's at start-up: its handler, or ignored if inherited so
         written = os.O_WRONLY | os.O_APPEND | os.O_CREAT
         for fd, path, flags in ((0, os.devnull, os.O_RDONLY), (1, stdout, written), (2, stderr, written)):
             opened = os.open(path, flags, 0o600)

@@ -243,19 +243,23 @@ def test_no_worker_or_port_survives_a_timeout(tmp_path, monkeypatch, fake_worker
 SEEN_BY_A_SCRIPT = """
 import os, signal, sys
 print(sys.argv, __file__, os.getcwd(), sys.path[0], os.environ.get("SEEN"), sys.stdin.read(),
-      signal.getsignal(signal.SIGINT), flush=True)
+      "SIGINT ignored:", signal.getsignal(signal.SIGINT) == signal.SIG_IGN, signal.getsignal(signal.SIGINT),
+      flush=True)
 print("to stderr", file=sys.stderr)
 {ending}
 """
 
 
+@pytest.mark.parametrize("sigint", ["handled", "ignored"])
 @pytest.mark.parametrize("ending", ["pass", "sys.exit()", "sys.exit(3)", "sys.exit('bye')",
                                     "raise ValueError('wrong')", "os.kill(os.getpid(), 9)",
-                                    "os.kill(os.getpid(), signal.SIGINT); time.sleep(5)"])
-def test_a_forked_worker_runs_as_python_script_would(tmp_path, monkeypatch, ending):
+                                    "os.kill(os.getpid(), signal.SIGINT); time.sleep(1)"])
+def test_a_forked_worker_runs_as_python_script_would(tmp_path, monkeypatch, ending, sigint):
     """Same argv, __file__, folder, sys.path[0] (the real folder of a linked script), environment,
     empty stdin, SIGINT handler, stdout, stderr and exit code (an uncaught KeyboardInterrupt: death
-    by SIGINT); output files named relative to this folder, as the caller's, and created."""
+    by SIGINT); output files named relative to this folder, as the caller's, and created. Both
+    with SIGINT handled and with SIGINT ignored by the parent (as pytest-xdist's workers do),
+    which a new Python inherits and keeps."""
     (tmp_path / "real").mkdir()
     (tmp_path / "real" / "seen.py").write_text("import time\n" + SEEN_BY_A_SCRIPT.format(ending=ending))
     script = tmp_path / "scripts" / "seen.py"
@@ -264,13 +268,22 @@ def test_a_forked_worker_runs_as_python_script_would(tmp_path, monkeypatch, endi
     monkeypatch.chdir(tmp_path)
     argv = [sys.executable, os.path.join("scripts", "seen.py"), "one", '{"two": 2}']
     env = {**os.environ, "SEEN": "yes"}
-    python = subprocess.run(argv, env=env, capture_output=True, text=True, stdin=subprocess.DEVNULL,
-                            timeout=60)
-    out, err = tmp_path / "out", tmp_path / "err"
-    forked = distributed._launcher(dict(os.environ)).start(argv, env, stdout="out", stderr="err")
-    assert forked.wait(timeout=60) == python.returncode
-    assert out.read_text() == python.stdout and "yes" in python.stdout
-    assert err.read_text() == python.stderr  # a traceback too, frame for frame
+    here = signal.signal(signal.SIGINT, signal.default_int_handler if sigint == "handled" else signal.SIG_IGN)
+    try:  # both children inherit it: a handler becomes the default action, an ignored signal stays so
+        python = subprocess.run(argv, env=env, capture_output=True, text=True, stdin=subprocess.DEVNULL,
+                                timeout=60)
+        launcher = distributed.WorkerLauncher(dict(os.environ), tensorflow=False)
+    finally:
+        signal.signal(signal.SIGINT, here)
+    try:
+        out, err = tmp_path / "out", tmp_path / "err"
+        forked = launcher.start(argv, env, stdout="out", stderr="err")
+        assert forked.wait(timeout=60) == python.returncode
+        assert out.read_text() == python.stdout and "yes" in python.stdout
+        assert ("SIGINT ignored: True" in python.stdout) == (sigint == "ignored")
+        assert err.read_text() == python.stderr  # a traceback too, frame for frame
+    finally:
+        launcher.close()
 
 
 WORKER_SEES_ITS_PROCESS = """
