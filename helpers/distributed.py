@@ -211,7 +211,8 @@ _HELPERS_PARENT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def serve_workers(tensorflow=True):
     """The launcher's process: import TensorFlow (no op runs before a fork), then read requests from
     stdin, one JSON line each: ["start", {"id": ID, ...}] forks a worker and answers "pid ID PID";
-    ["kill", PID] SIGKILLs a worker not yet reaped. Each reaped worker is reported as "exit PID CODE".
+    ["kill", ID] SIGKILLs that request's worker if not yet reaped. Each reaped worker is reported as
+    "exit ID CODE": by request, since a PID can be reused by a later worker.
     At the end of stdin (the parent closed it, or died) every worker left is killed and reaped, then
     it ends. It ignores SIGINT: interrupting the notebook's kernel (jupyter signals the kernel's
     whole process group) interrupts a cluster's workers, not the launcher.
@@ -222,13 +223,13 @@ def serve_workers(tensorflow=True):
 
         tf.distribute.MultiWorkerMirroredStrategy, tf.keras.Sequential  # noqa: B018 (load lazy modules)
     os.write(1, b"ready\n")
-    workers, pending, reading = set(), b"", True
+    workers, pending, reading = {}, b"", True  # request id -> PID, until reaped
     while reading or workers:
         if reading and select.select([0], [], [], 0.02 if workers else None)[0]:
             chunk = os.read(0, 65536)
             if not chunk:
                 reading = False
-                for pid in workers:
+                for pid in workers.values():
                     os.kill(pid, signal.SIGKILL)
             pending += chunk
             while b"\n" in pending:
@@ -239,17 +240,17 @@ def serve_workers(tensorflow=True):
                     pid = os.fork()
                     if pid == 0:
                         _run_as_worker(**value, launcher=launcher, sigint=sigint)  # never returns
-                    workers.add(pid)
+                    workers[request] = pid
                     os.write(1, f"pid {request} {pid}\n".encode())
                 elif command == "kill" and value in workers:
-                    os.kill(value, signal.SIGKILL)
+                    os.kill(workers[value], signal.SIGKILL)
         elif not reading:
             time.sleep(0.02)
-        for pid in list(workers):
+        for request, pid in list(workers.items()):
             done, status = os.waitpid(pid, os.WNOHANG)
             if done:
-                workers.discard(pid)
-                os.write(1, f"exit {pid} {os.waitstatus_to_exitcode(status)}\n".encode())
+                del workers[request]
+                os.write(1, f"exit {request} {os.waitstatus_to_exitcode(status)}\n".encode())
 
 
 def _run_as_worker(argv, env, cwd, stdout, stderr, launcher, sigint):
@@ -333,7 +334,7 @@ class WorkerLauncher:
         self.env, self.answer_timeout = dict(env), answer_timeout
         self._log = tempfile.TemporaryFile()
         self._changed = threading.Condition()
-        self._ready, self._ended, self._pids, self._exits = False, False, {}, {}
+        self._ready, self._ended, self._pids, self._exits = False, False, {}, {}  # by request id
         self.requests, self._abandoned = 0, set()  # start requests sent; those nobody waits for
         self._send_lock = threading.Lock()
         self.process = subprocess.Popen(
@@ -359,7 +360,7 @@ class WorkerLauncher:
                 elif event == "pid":  # a worker forked for a caller who gave up: killed at once
                     request, pid = map(int, values)
                     if request in self._abandoned:
-                        self.kill(pid)
+                        self.kill(request)
                     self._pids[request] = pid
                 elif event == "exit":
                     self._exits[int(values[0])] = int(values[1])
@@ -379,9 +380,13 @@ class WorkerLauncher:
         with self._changed:
             self.requests += 1
             request = self.requests
-            self._send("start", {"id": request, "argv": list(argv), "env": dict(env),
-                                 "cwd": os.path.abspath(cwd or os.getcwd()),
-                                 "stdout": os.path.abspath(stdout), "stderr": os.path.abspath(stderr)})
+            try:
+                self._send("start", {"id": request, "argv": list(argv), "env": dict(env),
+                                     "cwd": os.path.abspath(cwd or os.getcwd()),
+                                     "stdout": os.path.abspath(stdout), "stderr": os.path.abspath(stderr)})
+            except BrokenPipeError:
+                self.process.wait(timeout=10)
+                raise RuntimeError(f"the worker launcher {self._state()}; its log ends:\n" + self.log_tail()) from None
             try:
                 answered = self._changed.wait_for(lambda: request in self._pids or self._ended,
                                                   self.answer_timeout)
@@ -392,13 +397,13 @@ class WorkerLauncher:
                 if not answered:  # kill the worker now, or as soon as its PID arrives
                     self._abandoned.add(request)
                     if request in self._pids:
-                        self.kill(self._pids[request])
+                        self.kill(request)
             if request not in self._pids:
                 if self._ended:
                     raise RuntimeError(f"the worker launcher {self._state()}; its log ends:\n" + self.log_tail())
                 raise RuntimeError(f"the worker launcher did not answer within {self.answer_timeout} s "
                                    f"({self._state()}); the worker it may still fork will be killed")
-            return ForkedWorker(self, self._pids[request])
+            return ForkedWorker(self, request, self._pids[request])
 
     def kill_started_since(self, first_request, timeout=30):
         """SIGKILL every worker of start request `first_request` or later that is still running,
@@ -408,11 +413,10 @@ class WorkerLauncher:
         with self._changed:
             for request in requests:
                 self._abandoned.add(request)
-                pid = self._pids.get(request)
-                if pid is not None and pid not in self._exits:
-                    self.kill(pid)
+                if request in self._pids and request not in self._exits:
+                    self.kill(request)
             if not self._changed.wait_for(lambda: self._ended or all(
-                    self._pids.get(request) in self._exits for request in requests), timeout):
+                    request in self._exits for request in requests), timeout):
                 raise RuntimeError(f"the worker launcher ({self._state()}) did not reap the workers of "
                                    f"start requests {list(requests)} within {timeout} s")
 
@@ -421,22 +425,26 @@ class WorkerLauncher:
         code = self.process.poll()
         return f"process {self.process.pid}, " + ("running" if code is None else f"ended with exit code {code}")
 
-    def exit_code(self, pid):
+    def exit_code(self, request):
+        """The exit code of start request `request`'s worker, or None while it runs."""
         with self._changed:
-            if pid not in self._exits and self._ended:
+            if request not in self._exits and self._ended:
                 self.process.wait(timeout=10)
-                raise RuntimeError(f"the worker launcher {self._state()}, and with it worker {pid} "
-                                   "(each worker dies with its launcher); its log ends:\n" + self.log_tail())
-            return self._exits.get(pid)
+                raise RuntimeError(f"the worker launcher {self._state()}, and with it worker "
+                                   f"{self._pids.get(request)} (each worker dies with its launcher); "
+                                   "its log ends:\n" + self.log_tail())
+            return self._exits.get(request)
 
-    def kill(self, pid):
-        self._send("kill", pid)  # the launcher kills it only if not yet reaped: never a reused PID
+    def kill(self, request):
+        """SIGKILL start request `request`'s worker, unless the launcher has already reaped it (so
+        never a later process that was given the same PID)."""
+        self._send("kill", request)
 
-    def wait(self, pid, timeout=None):
+    def wait(self, request, timeout=None):
         with self._changed:
-            if not self._changed.wait_for(lambda: pid in self._exits or self._ended, timeout):
-                raise subprocess.TimeoutExpired(f"worker {pid}", timeout)
-        return self.exit_code(pid)
+            if not self._changed.wait_for(lambda: request in self._exits or self._ended, timeout):
+                raise subprocess.TimeoutExpired(f"worker {self._pids.get(request)}", timeout)
+        return self.exit_code(request)
 
     def alive(self):
         return self.process.poll() is None and not self._ended
@@ -465,19 +473,19 @@ class ForkedWorker:
     """One worker forked by a `WorkerLauncher`, with the part of `subprocess.Popen`'s interface that
     `run_cluster` uses: `pid`, `returncode`, `poll()`, `kill()` (SIGKILL), `wait()`."""
 
-    def __init__(self, launcher, pid):
-        self._launcher, self.pid, self.returncode = launcher, pid, None
+    def __init__(self, launcher, request, pid):
+        self._launcher, self.request, self.pid, self.returncode = launcher, request, pid, None
 
     def poll(self):
-        self.returncode = self._launcher.exit_code(self.pid)
+        self.returncode = self._launcher.exit_code(self.request)
         return self.returncode
 
     def kill(self):
         if self.poll() is None:
-            self._launcher.kill(self.pid)
+            self._launcher.kill(self.request)
 
     def wait(self, timeout=None):
-        self.returncode = self._launcher.wait(self.pid, timeout)
+        self.returncode = self._launcher.wait(self.request, timeout)
         return self.returncode
 
 

@@ -420,14 +420,15 @@ def test_a_start_the_launcher_answers_too_late_leaves_no_worker(tmp_path, fake_w
             assert launcher._changed.wait_for(lambda: len(launcher._exits) == 1, 10)
         assert list(launcher._exits.values()) == [-9]
         later = launcher.start(argv, {**os.environ, "TF_CONFIG": config}, stdout=os.devnull, stderr=os.devnull)
-        assert later.pid not in launcher._exits and later.wait(timeout=30) == 0
+        assert later.request not in launcher._exits and later.wait(timeout=30) == 0
     finally:
         launcher.close()
 
 
 def test_a_launcher_ignores_the_interrupt_its_kernel_gets(tmp_path, fake_worker):
     """Jupyter interrupts a kernel by signalling its process group, the launcher included: the
-    launcher lives on (the workers it forks get SIGINT's default handler back: the test above)."""
+    launcher lives on (the workers it forks get the SIGINT disposition the launcher's Python started
+    with: the comparison test above)."""
     launcher = distributed.WorkerLauncher(dict(os.environ), tensorflow=False)
     try:
         os.kill(launcher.process.pid, signal.SIGINT)
@@ -488,6 +489,34 @@ def test_a_worker_reports_its_error_through_sys_excepthook(tmp_path):
                                                            stdout=os.devnull, stderr=str(err))
     assert forked.wait(timeout=60) == python.returncode == 1
     assert err.read_text() == python.stderr == "hooked: wrong\n"
+
+
+REUSED_PID = """
+import json, os, sys
+from helpers import distributed
+launcher = distributed.WorkerLauncher(dict(os.environ), tensorflow=False)
+env = dict(os.environ, TF_CONFIG=sys.argv[2])
+first = launcher.start([sys.executable, sys.argv[1], ".", '{"exit": 3}'], env, os.devnull, os.devnull)
+first.wait(timeout=30)
+with open("/proc/sys/kernel/ns_last_pid", "w") as f:  # the next PID handed out: the same one again
+    f.write(str(first.pid - 1))
+second = launcher.start([sys.executable, sys.argv[1], ".", "{}"], env, os.devnull, os.devnull)  # sleeps
+print(json.dumps([first.pid, second.pid, first.returncode, second.poll()]))
+launcher.close()
+"""
+
+
+def test_a_reused_pid_does_not_pass_for_the_earlier_worker(tmp_path, fake_worker):
+    """Exit codes are kept per start request, not per PID: a new worker given an earlier worker's
+    PID (forced here in a PID namespace of its own) is still running, not 'ended with 3'."""
+    config = tf_config([f"127.0.0.1:{free_port()}"], 0)
+    done = subprocess.run(["unshare", "--pid", "--fork", "--mount-proc", sys.executable, "-c", REUSED_PID,
+                           fake_worker, config], capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    if done.returncode != 0 and ("unshare" in done.stderr or "ns_last_pid" in done.stderr):
+        pytest.skip(f"no PID namespace with a writable ns_last_pid here: {done.stderr.strip()[-200:]}")
+    assert done.returncode == 0, done.stderr[-2000:]
+    first, second, first_code, second_code = json.loads(done.stdout.splitlines()[-1])
+    assert first == second and first_code == 3 and second_code is None
 
 
 def test_a_launcher_is_reused_until_the_environment_changes(monkeypatch):
