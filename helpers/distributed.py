@@ -385,14 +385,11 @@ class WorkerLauncher:
                                      "cwd": os.path.abspath(cwd or os.getcwd()),
                                      "stdout": os.path.abspath(stdout), "stderr": os.path.abspath(stderr)})
             except BrokenPipeError:
-                self.process.wait(timeout=10)
-                raise RuntimeError(f"the worker launcher {self._state()}; its log ends:\n" + self.log_tail()) from None
-            try:
+                raise self._ended_error() from None
+            answered = False
+            try:  # an interrupt here leaves answered False: the launcher forks the worker anyway
                 answered = self._changed.wait_for(lambda: request in self._pids or self._ended,
                                                   self.answer_timeout)
-            except BaseException:  # an interrupt: the launcher forks the worker anyway
-                answered = False
-                raise
             finally:
                 if not answered:  # kill the worker now, or as soon as its PID arrives
                     self._abandoned.add(request)
@@ -400,7 +397,7 @@ class WorkerLauncher:
                         self.kill(request)
             if request not in self._pids:
                 if self._ended:
-                    raise RuntimeError(f"the worker launcher {self._state()}; its log ends:\n" + self.log_tail())
+                    raise self._ended_error()
                 raise RuntimeError(f"the worker launcher did not answer within {self.answer_timeout} s "
                                    f"({self._state()}); the worker it may still fork will be killed")
             return ForkedWorker(self, request, self._pids[request])
@@ -420,6 +417,11 @@ class WorkerLauncher:
                 raise RuntimeError(f"the worker launcher ({self._state()}) did not reap the workers of "
                                    f"start requests {list(requests)} within {timeout} s")
 
+    def _ended_error(self, what_else=""):
+        """The RuntimeError for a launcher that ended: its PID, exit code and log."""
+        self.process.wait(timeout=10)
+        return RuntimeError(f"the worker launcher {self._state()}{what_else}; its log ends:\n" + self.log_tail())
+
     def _state(self):
         """'process PID, running' or 'process PID, ended with exit code CODE' (-9: SIGKILL)."""
         code = self.process.poll()
@@ -429,10 +431,8 @@ class WorkerLauncher:
         """The exit code of start request `request`'s worker, or None while it runs."""
         with self._changed:
             if request not in self._exits and self._ended:
-                self.process.wait(timeout=10)
-                raise RuntimeError(f"the worker launcher {self._state()}, and with it worker "
-                                   f"{self._pids.get(request)} (each worker dies with its launcher); "
-                                   "its log ends:\n" + self.log_tail())
+                raise self._ended_error(f", and with it worker {self._pids.get(request)} "
+                                        "(each worker dies with its launcher)")
             return self._exits.get(request)
 
     def kill(self, request):
