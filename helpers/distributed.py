@@ -4,7 +4,7 @@ address each other at 127.0.0.1 (TensorFlow's gRPC server in each still listens 
 A worker is a script the chapter writes on the page (`%%writefile train_worker.py`). `run_cluster`
 runs it once per worker, as ``python SCRIPT abspath(DIRECTORY) OPTIONS_JSON`` would, with that
 worker's own `TF_CONFIG` (ports picked free at run time), collects the JSON lines each worker
-prints, and leaves no process behind. Each worker is its own process, forked from a launcher that
+prints, and leaves no worker behind (the launcher stays for the next run). Each worker is its own process, forked from a launcher that
 has already imported TensorFlow (chapter 10's idea): a fork takes milliseconds, an import seconds.
 A worker script imports from here `report` (one JSON line for the parent), `die` (SIGKILL itself:
 a lost machine), `write_directory` (where a worker saves), `run_worker` (its options, its error,
@@ -131,11 +131,12 @@ def run_cluster(script, directory, workers=2, worker_options=None, legacy_keras=
     environment plus a `TF_CONFIG` naming it worker i, where OPTIONS is the JSON of `options` plus
     `worker_options[i]`; `legacy_keras` also sets `TF_USE_LEGACY_KERAS=1`, so that `tf.keras` is
     Keras 2. The workers are forked by a `WorkerLauncher` that imported TensorFlow in that same
-    environment. Once one worker has ended, the others get `grace` seconds to end too (a
-    synchronous job fails without any of its workers) and are then killed, as a cluster manager
-    restarts a whole job. Every worker still running is killed, and reaped by its launcher, before
-    this returns, also on timeout (RuntimeError) or on an exception; if the launcher itself dies,
-    its workers die with it (RuntimeError).
+    environment, and end with `os._exit` when the script is done: unlike that command, no atexit
+    handler runs and no thread still running is waited for. Once one worker has ended, the others
+    get `grace` seconds to end too (a synchronous job fails without any of its workers) and are
+    then killed, as a cluster manager restarts a whole job. Every worker still running is killed,
+    and reaped by its launcher, before this returns, also on timeout (RuntimeError) or on an
+    exception; if the launcher itself dies, its workers die with it (RuntimeError).
     """
     if not os.path.isfile(script):
         raise FileNotFoundError(f"no worker script {script!r} (write it first, e.g. with %%writefile)")
@@ -214,7 +215,7 @@ def serve_workers(tensorflow=True):
     ["kill", ID] SIGKILLs that request's worker if not yet reaped. Each reaped worker is reported as
     "exit ID CODE": by request, since a PID can be reused by a later worker.
     At the end of stdin (the parent closed it, or died) every worker left is killed and reaped, then
-    it ends. It ignores SIGINT: interrupting the notebook's kernel (jupyter signals the kernel's
+    it ends (answers the parent can no longer read are dropped). It ignores SIGINT: interrupting the notebook's kernel (jupyter signals the kernel's
     whole process group) interrupts a cluster's workers, not the launcher.
     (`tensorflow=False`: import nothing first, for tests of the launcher itself.)"""
     sigint = signal.signal(signal.SIGINT, signal.SIG_IGN)  # what Python set at start-up, for the workers
@@ -222,7 +223,13 @@ def serve_workers(tensorflow=True):
         import tensorflow as tf
 
         tf.distribute.MultiWorkerMirroredStrategy, tf.keras.Sequential  # noqa: B018 (load lazy modules)
-    os.write(1, b"ready\n")
+    def answer(line):
+        try:
+            os.write(1, line.encode() + b"\n")
+        except BrokenPipeError:  # the parent is gone: its workers are still reaped
+            pass
+
+    answer("ready")
     workers, pending, reading = {}, b"", True  # request id -> PID, until reaped
     while reading or workers:
         if reading and select.select([0], [], [], 0.02 if workers else None)[0]:
@@ -241,7 +248,7 @@ def serve_workers(tensorflow=True):
                     if pid == 0:
                         _run_as_worker(**value, launcher=launcher, sigint=sigint)  # never returns
                     workers[request] = pid
-                    os.write(1, f"pid {request} {pid}\n".encode())
+                    answer(f"pid {request} {pid}")
                 elif command == "kill" and value in workers:
                     os.kill(workers[value], signal.SIGKILL)
         elif not reading:
@@ -250,7 +257,7 @@ def serve_workers(tensorflow=True):
             done, status = os.waitpid(pid, os.WNOHANG)
             if done:
                 del workers[request]
-                os.write(1, f"exit {request} {os.waitstatus_to_exitcode(status)}\n".encode())
+                answer(f"exit {request} {os.waitstatus_to_exitcode(status)}")
 
 
 def _run_as_worker(argv, env, cwd, stdout, stderr, launcher, sigint):

@@ -7,7 +7,7 @@ devices. Here: a checkpoint trained on three devices restores bit for bit on non
 chapter's own worker scripts (read from the notebook) run the custom loop under tf_keras, resume
 tf_keras's per-epoch BackupAndRestore after the chief is killed, and restart the preempted cluster
 from its save; and `run_cluster` passes each worker its options and exactly this environment plus
-its `TF_CONFIG`, waits its grace period, and leaves no process or listening port behind, also when
+its `TF_CONFIG`, waits its grace period, and leaves no worker or listening port behind, also when
 it gives up (these with tiny worker scripts that start no TensorFlow); its launcher runs each
 worker as `python SCRIPT ARGS` would, forks it before any TensorFlow op, reuses itself while the
 environment is the same, and ends, with its workers, when its parent dies."""
@@ -258,8 +258,8 @@ def test_a_forked_worker_runs_as_python_script_would(tmp_path, monkeypatch, endi
     """Same argv, __file__, folder, sys.path[0] (the real folder of a linked script), environment,
     empty stdin, SIGINT handler, stdout, stderr and exit code (an uncaught KeyboardInterrupt: death
     by SIGINT); output files named relative to this folder, as the caller's, and created. Both
-    with SIGINT handled and with SIGINT ignored by the parent (as pytest-xdist's workers do),
-    which a new Python inherits and keeps."""
+    with SIGINT handled and with SIGINT ignored by the parent (as in pytest started as a background
+    job of a non-interactive shell), which a new Python inherits and keeps."""
     (tmp_path / "real").mkdir()
     (tmp_path / "real" / "seen.py").write_text("import time\n" + SEEN_BY_A_SCRIPT.format(ending=ending))
     script = tmp_path / "scripts" / "seen.py"
@@ -336,6 +336,31 @@ def test_a_launcher_and_its_workers_end_when_their_parent_is_killed(tmp_path, fa
     finally:
         parent.kill()
         parent.wait()
+
+
+def test_a_launcher_whose_parent_is_gone_still_reaps_every_worker(tmp_path):
+    """Its parent dead (stdin at its end, no reader for its answers): the launcher kills and reaps
+    every worker, the answers it can no longer give are dropped, and it ends cleanly."""
+    launcher = subprocess.Popen(
+        [sys.executable, "-c", "from helpers.distributed import serve_workers; serve_workers(tensorflow=False)"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=distributed._HELPERS_PARENT)
+    script = tmp_path / "sleeps.py"
+    script.write_text("import time\ntime.sleep(600)\n")
+    try:
+        assert launcher.stdout.readline() == b"ready\n"
+        for request in (1, 2):
+            launcher.stdin.write(json.dumps(["start", {
+                "id": request, "argv": [sys.executable, str(script)], "env": dict(os.environ),
+                "cwd": str(tmp_path), "stdout": os.devnull, "stderr": os.devnull}]).encode() + b"\n")
+            launcher.stdin.flush()
+        workers = [int(launcher.stdout.readline().split()[2]) for _ in (1, 2)]
+        launcher.stdout.close()  # as if the parent had died: nobody reads the "exit" answers
+        launcher.stdin.close()
+        assert launcher.wait(timeout=30) == 0, launcher.stderr.read().decode()[-2000:]
+        assert not any(psutil.pid_exists(pid) for pid in workers)  # reaped, not zombies
+    finally:
+        launcher.kill()
+        launcher.wait()
 
 
 KILLS_ITS_LAUNCHER = """
@@ -428,8 +453,13 @@ def test_a_start_the_launcher_answers_too_late_leaves_no_worker(tmp_path, fake_w
 def test_a_launcher_ignores_the_interrupt_its_kernel_gets(tmp_path, fake_worker):
     """Jupyter interrupts a kernel by signalling its process group, the launcher included: the
     launcher lives on (the workers it forks get the SIGINT disposition the launcher's Python started
-    with: the comparison test above)."""
-    launcher = distributed.WorkerLauncher(dict(os.environ), tensorflow=False)
+    with: the comparison test above). Started with SIGINT handled: one started with it ignored
+    would pass without the launcher doing anything."""
+    here = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        launcher = distributed.WorkerLauncher(dict(os.environ), tensorflow=False)
+    finally:
+        signal.signal(signal.SIGINT, here)
     try:
         os.kill(launcher.process.pid, signal.SIGINT)
         time.sleep(0.5)
