@@ -14,6 +14,7 @@ is.
 """
 import atexit
 import builtins
+import contextlib
 import json
 import os
 import select
@@ -165,7 +166,7 @@ def run_cluster(script, directory, workers=2, worker_options=None, legacy_keras=
         for out, err in outputs:
             out.seek(0)
             err.seek(0)
-            reports.append([json.loads(line) for line in out if line.startswith("[")])
+            reports.append(_reports(out))
             stderr.append(err.read()[-3000:])
         return ClusterRun(commands, ports, [p.pid for p in processes], reports,
                           [p.returncode for p in processes], stderr)
@@ -179,6 +180,20 @@ def run_cluster(script, directory, workers=2, worker_options=None, legacy_keras=
             for out, err in outputs:
                 out.close()
                 err.close()
+
+
+def _reports(lines):
+    """The JSON lists among a worker's output lines (`report`'s); other lines, such as a printed
+    Python list, are the script's own output and are skipped."""
+    found = []
+    for line in lines:
+        try:
+            value = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(value, list):
+            found.append(value)
+    return found
 
 
 def _wait(processes, timeout, grace):
@@ -334,6 +349,23 @@ def _die_with_parent(parent):
         os._exit(1)
 
 
+@contextlib.contextmanager
+def _interrupts_deferred():
+    """In the main thread: a SIGINT that arrives inside the block takes effect once it has ended
+    (KeyboardInterrupt there, with Python's handler). Elsewhere, signals are not delivered anyway."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    arrived = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: arrived.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        if arrived:
+            signal.raise_signal(signal.SIGINT)
+
+
 class WorkerLauncher:
     """A process that imported TensorFlow once, in environment `env`, and forks workers on request."""
 
@@ -385,12 +417,13 @@ class WorkerLauncher:
         """Fork a worker that runs argv[1] (a script) as the command `argv` would, in environment `env`,
         its standard output and error appended to the files `stdout` and `stderr`; its `ForkedWorker`."""
         with self._changed:
-            self.requests += 1
-            request = self.requests
             try:
-                self._send("start", {"id": request, "argv": list(argv), "env": dict(env),
-                                     "cwd": os.path.abspath(cwd or os.getcwd()),
-                                     "stdout": os.path.abspath(stdout), "stderr": os.path.abspath(stderr)})
+                with _interrupts_deferred():  # a counted request is a sent request, sent whole
+                    self.requests += 1
+                    request = self.requests
+                    self._send("start", {"id": request, "argv": list(argv), "env": dict(env),
+                                         "cwd": os.path.abspath(cwd or os.getcwd()),
+                                         "stdout": os.path.abspath(stdout), "stderr": os.path.abspath(stderr)})
             except BrokenPipeError:
                 raise self._ended_error() from None
             answered = False

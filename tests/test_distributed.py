@@ -165,6 +165,8 @@ server = socket.socket()
 server.bind(("127.0.0.1", port))
 server.listen()
 options = json.loads(sys.argv[2])
+for line in (sys.argv[1:2], "[0.1 0.2]", 3):  # the script's own prints, not reports
+    print(line, flush=True)
 report("options", config["task"]["index"], sys.argv[1], options)
 if options.get("die"):
     die()
@@ -472,7 +474,8 @@ def test_a_launcher_ignores_the_interrupt_its_kernel_gets(tmp_path, fake_worker)
         launcher.close()
 
 
-@pytest.mark.parametrize("moment", ["once the request is written", "as start returns"])
+@pytest.mark.parametrize("moment", ["while the request is written", "once the request is written",
+                                    "as start returns"])
 def test_an_interrupt_as_a_worker_starts_leaves_no_worker(tmp_path, fake_worker, monkeypatch, moment):
     """Chapter 12's "whatever happens": an interrupt after a worker was asked for, before
     `run_cluster` holds it, still leaves no worker by the time the call has raised."""
@@ -487,16 +490,37 @@ def test_an_interrupt_as_a_worker_starts_leaves_no_worker(tmp_path, fake_worker,
             if command == "start":
                 raise KeyboardInterrupt
 
+        class InterruptedPipe:  # SIGINT arrives just before the start request is written
+            def __init__(self, pipe):
+                self.pipe = pipe
+
+            def write(self, data):
+                if data.startswith(b'["start"'):
+                    os.kill(os.getpid(), signal.SIGINT)
+                return self.pipe.write(data)
+
+            def flush(self):
+                self.pipe.flush()
+
+            def close(self):
+                self.pipe.close()
+
         def start_then_interrupted(*args, **kwargs):
             real_start(*args, **kwargs)
             raise KeyboardInterrupt
 
-        if moment == "once the request is written":
+        if moment == "while the request is written":
+            monkeypatch.setattr(launcher.process, "stdin", InterruptedPipe(launcher.process.stdin))
+        elif moment == "once the request is written":
             monkeypatch.setattr(launcher, "_send", send_then_interrupted)
         else:
             monkeypatch.setattr(launcher, "start", start_then_interrupted)
-        with pytest.raises(KeyboardInterrupt):
-            run_cluster(fake_worker, tmp_path / "run")  # the fake worker would sleep 600 s
+        here = signal.signal(signal.SIGINT, signal.default_int_handler)  # as in a kernel
+        try:
+            with pytest.raises(KeyboardInterrupt):
+                run_cluster(fake_worker, tmp_path / "run")  # the fake worker would sleep 600 s
+        finally:
+            signal.signal(signal.SIGINT, here)
         assert list(launcher._exits.values()) == [-9]  # already reaped when the call raised
         assert psutil.Process(launcher.process.pid).children() == []
     finally:
