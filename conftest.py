@@ -12,10 +12,10 @@ prepare_environment()
 # scripts/execute_notebooks.py); a test module, the seconds it took in a full run of the suite
 # (2026-12-03, the slower ones only; any other weighs 0 and keeps its place after these).
 SLOW_TEST_MODULES = {
-    "tests/test_browser.py": 80, "tests/test_model_server.py": 48, "tests/test_distributed.py": 37,
-    "tests/test_serving_config.py": 22, "tests/test_mobilenet_standin.py": 17,
-    "tests/test_translation.py": 17, "tests/test_when_training_dies.py": 15,
-    "tests/test_sandbox.py": 11, "tests/test_imagenet_litert.py": 11,
+    "tests/test_browser.py": 74, "tests/test_model_server.py": 42, "tests/test_distributed.py": 35,
+    "tests/test_mobilenet_standin.py": 16, "tests/test_serving_config.py": 14,
+    "tests/test_translation.py": 13, "tests/test_when_training_dies.py": 13,
+    "tests/test_sandbox.py": 11, "tests/test_imagenet_litert.py": 8,
 }
 
 
