@@ -11,7 +11,8 @@ Each notebook runs top to bottom in a fresh kernel set up exactly as for the tes
 - `kernel cpu` near `wall`: the cell computes in the notebook's own process (model building,
   training, tracing);
 - `child cpu` large: the time went to child processes the cell started and waited for (a fresh
-  TensorFlow costs ~2-4 s of CPU per start-up); `starts` counts them and names their commands;
+  `import tensorflow` alone costs ~5 s of CPU on the book's machine); `starts` counts them and names
+  their commands;
 - `idle` (wall minus both CPUs, when positive) large: the cell waited (a timeout, a sleep, a server
   or worker it did not wait for, the other core's work). CPU of children still running when a cell
   ends is counted in the cell that reaps them.
